@@ -1,0 +1,3 @@
+"""reelserve: a self-hostable video-generation API server."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from reelserve.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""HTTP only: routers, auth, the error envelope. Translates HTTP <-> service; no business rules."""

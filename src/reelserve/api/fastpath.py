@@ -1,0 +1,89 @@
+"""The status poll, served ahead of the framework stack.
+
+`GET /v1/tasks/{task_id}` is what every client calls in a loop, so it is the route whose cost
+decides how many clients one API process carries. FastAPI's routing, dependency injection and
+middleware layers cost more than the request itself (measured in bench/api.py), so this pure
+ASGI middleware answers that one route directly: same authentication, same service call, same
+envelope. Everything else (and anything it does not recognise) goes on to the app, where the
+documented FastAPI route for the same path also lives.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from typing import Any
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from reelserve.api.auth import key_from_header
+from reelserve.domain.errors import InvalidRequest, ReelserveError
+from reelserve.metrics import Metrics
+from reelserve.service import LANGUAGES, Reelserve
+
+_TASK_PATH = re.compile(r"/v1/tasks/([^/]+)")
+_JSON = [(b"content-type", b"application/json")]
+ROUTE = "/v1/tasks/{task_id}"
+
+
+class TaskStatusFastPath:
+    def __init__(self, app: ASGIApp, owner: Any, metrics: Metrics) -> None:
+        self.app = app
+        self.owner = owner  # the FastAPI app, whose lifespan puts the service on its state
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "GET":
+            await self.app(scope, receive, send)
+            return
+        match = _TASK_PATH.fullmatch(scope["path"])
+        service: Reelserve | None = getattr(self.owner.state, "reelserve", None)
+        if match is None or service is None:
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status, body, extra = await self._answer(scope, service, match.group(1))
+        headers = [*_JSON, (b"content-length", str(len(body)).encode()), *extra]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+        self.metrics.http_requests.labels("GET", ROUTE, status).inc()
+        self.metrics.http_latency.labels(ROUTE).observe(time.perf_counter() - started)
+
+    async def _answer(
+        self, scope: Scope, service: Reelserve, task_id: str
+    ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        authorization = host = b""
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                authorization = value
+            elif name == b"host":
+                host = value
+        try:
+            key = await key_from_header(service, authorization.decode("latin-1") or None)
+            query = scope.get("query_string", b"")
+            if query:
+                _check_language(query.decode("latin-1"))
+            scheme, root = scope.get("scheme", "http"), scope.get("root_path", "")
+            base = f"{scheme}://{host.decode('latin-1')}{root}/"
+            view = await service.task_status(key, task_id, base)
+        except ReelserveError as exc:
+            extra = [(b"www-authenticate", b"Bearer")] if exc.status == 401 else []
+            error = {"message": exc.message, "type": exc.type, "param": exc.param}
+            return exc.status, _dumps({"code": exc.status, "error": error}), extra
+        return 200, _dumps({"code": 200, "data": view}), []
+
+
+def _check_language(query: str) -> None:
+    from urllib.parse import parse_qs
+
+    values = parse_qs(query).get("language")
+    if values and values[-1] not in LANGUAGES:
+        raise InvalidRequest(
+            f"language must be one of {', '.join(LANGUAGES)} (got {values[-1]!r})",
+            param="language",
+        )
+
+
+def _dumps(body: dict[str, Any]) -> bytes:
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()

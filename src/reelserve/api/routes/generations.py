@@ -1,0 +1,51 @@
+"""POST /v1/videos/generations: the seed's submit endpoint."""
+
+from __future__ import annotations
+
+import json
+
+from fastapi import APIRouter, Header, Request, Response
+
+from reelserve.api.auth import Key, Service
+from reelserve.api.errors import ok
+from reelserve.domain.errors import InvalidRequest
+
+router = APIRouter(tags=["generations"])
+
+
+@router.post(
+    "/v1/videos/generations",
+    summary="Submit a video generation task",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {"$ref": "#/components/schemas/GenerationRequest"},
+                    "example": {
+                        "model": "veo3.1-fast-official",
+                        "prompt": "a golden retriever running on the beach, sunset, cinematic",
+                        "duration": 8,
+                        "aspect_ratio": "16:9",
+                    },
+                }
+            },
+        }
+    },
+)
+async def submit_generation(
+    request: Request,
+    key: Key,
+    service: Service,
+    idempotency_key: str | None = Header(None, alias="Idempotency-Key"),
+) -> Response:
+    raw = await request.body()
+    if not raw.strip():
+        raise InvalidRequest("the request body is empty; send a JSON object")
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8"
+        raise InvalidRequest(f"the request body is not valid JSON ({reason})") from None
+    task = await service.submit(key, body, idempotency_key=idempotency_key)
+    return ok([{"status": "submitted", "task_id": task.id}])

@@ -1,0 +1,22 @@
+"""GET /v1/models: the configured models and what each can do."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+
+from reelserve.api.auth import Key, Service
+
+router = APIRouter(tags=["models"])
+
+
+@router.get("/v1/models", summary="List the configured models")
+async def list_models(key: Key, service: Service) -> dict[str, Any]:
+    data = []
+    for entry in service.models.values():
+        item = entry.public()
+        item["available"] = key.is_test or entry.provider in service.providers
+        item["runs_on"] = "sandbox" if key.is_test else entry.provider
+        data.append(item)
+    return {"code": 200, "object": "list", "data": data}

@@ -1,0 +1,121 @@
+"""Model entries and their capabilities: what each configured model id can be asked for.
+
+A model entry is declared in settings (or taken from the embedded defaults) and names the provider
+that runs it. Every request is checked against its model's capabilities at submit time, so a
+request the model cannot serve is a 400 before anything is queued or paid for.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Mode = Literal["t2v", "i2v", "flf2v"]
+Resolution = Literal["720p", "1080p", "4K"]
+AspectRatio = Literal["16:9", "9:16"]
+
+ALL_RESOLUTIONS: tuple[Resolution, ...] = ("720p", "1080p", "4K")
+ALL_ASPECT_RATIOS: tuple[AspectRatio, ...] = ("16:9", "9:16")
+
+# Landscape pixel sizes; 9:16 swaps width and height.
+RESOLUTION_SIZES: dict[str, tuple[int, int]] = {
+    "720p": (1280, 720),
+    "1080p": (1920, 1080),
+    "4K": (3840, 2160),
+}
+
+
+def frame_size(resolution: str, aspect_ratio: str) -> tuple[int, int]:
+    """(width, height) in pixels of a resolution at an aspect ratio."""
+    width, height = RESOLUTION_SIZES[resolution]
+    return (height, width) if aspect_ratio == "9:16" else (width, height)
+
+
+def _all_modes() -> list[Mode]:
+    return ["t2v", "i2v", "flf2v"]
+
+
+def _all_resolutions() -> list[Resolution]:
+    return list(ALL_RESOLUTIONS)
+
+
+def _all_aspect_ratios() -> list[AspectRatio]:
+    return list(ALL_ASPECT_RATIOS)
+
+
+class ModelEntry(BaseModel):
+    """One model id as clients see it, with the provider that runs it and what it can do."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    provider: str = Field(description="sandbox | google_veo | diffusers")
+    description: str = ""
+    modes: list[Mode] = Field(default_factory=_all_modes)
+    durations: list[int] = Field(default_factory=lambda: [4, 6, 8])
+    default_duration: int = 8
+    resolutions: list[Resolution] = Field(default_factory=_all_resolutions)
+    aspect_ratios: list[AspectRatio] = Field(default_factory=_all_aspect_ratios)
+    # Resolutions allowed only at some durations, e.g. Veo 3.1's 1080p and 4K need 8 seconds.
+    resolution_durations: dict[str, list[int]] = Field(default_factory=dict)
+    audio: bool = True
+    fps: int = 24
+    max_sample_count: int = 4
+    estimated_time: int = Field(60, description="expected seconds from start to finish")
+    options: dict[str, Any] = Field(default_factory=dict, description="provider options")
+
+    def public(self) -> dict[str, Any]:
+        """The entry as `GET /v1/models` shows it (no provider options, which may hold secrets)."""
+        return {
+            "id": self.id,
+            "object": "model",
+            "provider": self.provider,
+            "description": self.description,
+            "modes": list(self.modes),
+            "durations": list(self.durations),
+            "default_duration": self.default_duration,
+            "resolutions": list(self.resolutions),
+            "resolution_durations": {k: list(v) for k, v in self.resolution_durations.items()},
+            "aspect_ratios": list(self.aspect_ratios),
+            "audio": self.audio,
+            "fps": self.fps,
+            "max_sample_count": self.max_sample_count,
+            "estimated_time": self.estimated_time,
+        }
+
+
+def default_models() -> list[ModelEntry]:
+    """The embedded catalog: the seed's two Veo 3.1 models and the offline sandbox model."""
+    veo_limits: dict[str, Any] = {
+        "durations": [4, 6, 8],
+        "resolutions": ["720p", "1080p", "4K"],
+        "resolution_durations": {"1080p": [8], "4K": [8]},
+        "audio": True,
+        "fps": 24,
+    }
+    return [
+        ModelEntry(
+            id="veo3.1-fast-official",
+            provider="google_veo",
+            description="Google Veo 3.1 Fast",
+            estimated_time=60,
+            options={"upstream_model": "veo-3.1-fast-generate-preview"},
+            **veo_limits,
+        ),
+        ModelEntry(
+            id="veo3.1-quality-official",
+            provider="google_veo",
+            description="Google Veo 3.1",
+            estimated_time=120,
+            options={"upstream_model": "veo-3.1-generate-preview"},
+            **veo_limits,
+        ),
+        ModelEntry(
+            id="sandbox",
+            provider="sandbox",
+            description="Procedural offline renderer: no GPU, no network, every parameter obeyed",
+            durations=list(range(1, 21)),
+            estimated_time=10,
+        ),
+    ]

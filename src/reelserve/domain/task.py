@@ -1,0 +1,50 @@
+"""The task state machine: pending -> processing -> completed | failed | cancelled.
+
+A finished task never changes again. The store enforces these transitions in its SQL (every
+update names the states it may leave); this module is the readable statement of the rules.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class TaskStatus(StrEnum):
+    PENDING = "pending"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in FINISHED
+
+
+FINISHED = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED})
+
+TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
+    TaskStatus.PENDING: frozenset({TaskStatus.PROCESSING, TaskStatus.CANCELLED}),
+    TaskStatus.PROCESSING: frozenset(
+        {TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED}
+    ),
+    TaskStatus.COMPLETED: frozenset(),
+    TaskStatus.FAILED: frozenset(),
+    TaskStatus.CANCELLED: frozenset(),
+}
+
+
+def can_transition(src: TaskStatus, dst: TaskStatus) -> bool:
+    return dst in TRANSITIONS[src]
+
+
+class ErrorCode(StrEnum):
+    """Stable machine codes of a failed task's `error.code`."""
+
+    CONTENT_FILTERED = "content_filtered"
+    UPSTREAM_ERROR = "upstream_error"
+    TIMEOUT = "timeout"
+    INVALID_IMAGE = "invalid_image"
+    INTERNAL_ERROR = "internal_error"
+    OUT_OF_MEMORY = "out_of_memory"
+    PROVIDER_NOT_CONFIGURED = "provider_not_configured"

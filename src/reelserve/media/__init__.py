@@ -1,0 +1,1 @@
+"""Media handling: encoding and probing videos, decoding and fitting input images."""

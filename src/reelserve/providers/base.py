@@ -1,0 +1,82 @@
+"""The provider interface.
+
+A provider turns a validated `GenerationSpec` into MP4 files. The worker owns everything around
+it (leases, progress persistence, storage, retries); a provider only renders or calls upstream,
+reporting progress and checkpointing what it needs to resume without paying twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+from reelserve.domain.spec import GenerationSpec
+from reelserve.domain.task import ErrorCode
+
+Frame = NDArray[np.uint8]
+
+
+@dataclass(frozen=True)
+class Clip:
+    """One finished sample: an H.264 MP4 on local disk (in the attempt's work directory)."""
+
+    path: Path
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class InputImages:
+    """The request's images, already fetched, decoded and fitted to the output size (RGB)."""
+
+    first: Frame | None = None
+    last: Frame | None = None
+    # The fetched, unmodified bytes and their MIME type, for providers that upload them.
+    first_bytes: tuple[bytes, str] | None = None
+    last_bytes: tuple[bytes, str] | None = None
+
+
+class TaskCancelled(Exception):
+    """Raised inside a provider when the client cancelled the task; the worker records it."""
+
+
+class ProviderError(Exception):
+    """A failure with a stable error code. `retryable` failures are tried again by the worker."""
+
+    def __init__(self, code: ErrorCode | str, message: str, *, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.code = str(code)
+        self.message = message
+        self.retryable = retryable
+
+
+class RunContext(Protocol):
+    """What the worker offers a running provider."""
+
+    task_id: str
+    workdir: Path
+    resume_state: dict[str, Any] | None
+    images: InputImages
+
+    def report_progress(self, fraction: float) -> None:
+        """Progress in [0, 1]. Thread-safe and cheap: the worker persists it in batches."""
+
+    def check_cancelled(self) -> None:
+        """Raise `TaskCancelled` if the client asked to cancel. Thread-safe."""
+
+    @property
+    def cancel_requested(self) -> bool: ...
+
+    async def checkpoint(self, state: dict[str, Any]) -> None:
+        """Persist provider state durably before returning (e.g. an upstream operation id)."""
+
+
+class Provider(Protocol):
+    name: str
+
+    async def run(self, spec: GenerationSpec, ctx: RunContext) -> list[Clip]:
+        """Produce `spec.sample_count` clips, or raise `ProviderError` / `TaskCancelled`."""
+        ...

@@ -1,0 +1,160 @@
+"""One settings object, from `REELSERVE_*` environment variables and an optional TOML file.
+
+Defaults make `reelserve serve` work on a fresh machine: an SQLite file and a media directory
+under the data directory, an in-process worker, the sandbox provider, and the seed's Veo models
+listed (answering live keys with a clear error until Google credentials are configured).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from reelserve.domain.models import ModelEntry, default_models
+
+
+def default_data_dir() -> Path:
+    """`$REELSERVE_DATA_DIR`, else `$XDG_DATA_HOME/reelserve`, else `~/.local/share/reelserve`."""
+    env = os.environ.get("REELSERVE_DATA_DIR")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_DATA_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".local" / "share"
+    return base / "reelserve"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="REELSERVE_",
+        env_nested_delimiter="__",
+        extra="ignore",
+        toml_file=os.environ.get("REELSERVE_CONFIG") or None,
+    )
+
+    data_dir: Path = Field(default_factory=default_data_dir)
+    database_url: str | None = Field(
+        None, description="SQLAlchemy async URL; default: SQLite file in the data directory"
+    )
+    media_dir: Path | None = Field(None, description="default: <data_dir>/media")
+    storage: Literal["local", "s3"] = Field("local", description="where result files live")
+    s3_bucket: str | None = None
+    s3_prefix: str = ""
+    s3_endpoint_url: str | None = Field(None, description="for MinIO, R2, ...; default: AWS")
+    s3_region: str | None = None
+    s3_access_key_id: str | None = Field(None, description="default: boto3's credential chain")
+    s3_secret_access_key: str | None = None
+    s3_addressing_style: Literal["auto", "path", "virtual"] = "auto"
+    s3_presign: bool = Field(
+        False,
+        description="file links redirect to presigned S3 URLs instead of streaming through "
+        "reelserve",
+    )
+    public_url: str | None = Field(
+        None, description="base URL of file links in task results; default: the request's own"
+    )
+    secret_key: str | None = Field(
+        None, description="signs file URLs; default: generated once into <data_dir>/secret.key"
+    )
+    result_ttl: int = Field(
+        86400,
+        ge=1,
+        description="seconds a finished task's files stay available: its links expire then, "
+        "and the sweeper deletes the files (inputs included)",
+    )
+    sweep_interval: float = Field(60.0, gt=0, description="seconds between retention sweeps")
+
+    # Worker
+    in_process_worker: bool = True
+    worker_concurrency: int = Field(2, ge=1)
+    lease_seconds: float = Field(30.0, gt=0)
+    poll_interval: float = Field(0.5, gt=0)
+    progress_flush_interval: float = Field(0.5, gt=0)
+    max_attempts: int = Field(3, ge=1, description="claims of one task before it is failed")
+
+    # HTTP
+    max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+    allow_http_webhooks: bool = False
+
+    # Image inputs
+    image_allow_hosts: list[str] = Field(default_factory=list)
+    image_allow_networks: list[str] = Field(default_factory=list)
+    image_resolve_overrides: dict[str, str] = Field(default_factory=dict)
+
+    models: list[ModelEntry] = Field(default_factory=default_models)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (
+            init_settings,
+            env_settings,
+            TomlConfigSettingsSource(settings_cls),
+            file_secret_settings,
+        )
+
+    @field_validator("data_dir", "media_dir", mode="after")
+    @classmethod
+    def _expand(cls, value: Path | None) -> Path | None:
+        return value.expanduser().resolve() if value is not None else None
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{self.data_dir / 'reelserve.db'}"
+
+    @property
+    def resolved_media_dir(self) -> Path:
+        return self.media_dir or self.data_dir / "media"
+
+    def model_map(self) -> dict[str, ModelEntry]:
+        return {m.id: m for m in self.models}
+
+    def ensure_dirs(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.resolved_media_dir.mkdir(parents=True, exist_ok=True)
+
+    def signing_key(self) -> bytes:
+        """The key that signs file URLs: configured, or generated once and kept in the data dir."""
+        if self.secret_key:
+            return self.secret_key.encode()
+        self.ensure_dirs()
+        path = self.data_dir / "secret.key"
+        try:
+            return path.read_bytes().strip()
+        except FileNotFoundError:
+            pass
+        # Write a private temp file, then link it into place: atomic, and two processes starting
+        # at once agree on whichever key was linked first.
+        tmp = path.with_name(f".secret.key.{os.getpid()}.{secrets.token_hex(4)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, secrets.token_urlsafe(48).encode())
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+        return path.read_bytes().strip()
+
+    def with_overrides(self, **values: Any) -> Settings:
+        return self.model_copy(update=values)

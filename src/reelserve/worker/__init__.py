@@ -1,0 +1,1 @@
+"""The worker: claims tasks, runs them on providers, and never loses one."""

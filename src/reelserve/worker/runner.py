@@ -1,0 +1,382 @@
+"""The worker loop.
+
+A worker claims a task with a lease, runs it on its provider with bounded concurrency, keeps the
+lease alive while it runs (flushing progress at the same time), and records the outcome with an
+update fenced by the lease token. If the worker dies, the lease expires and another worker's claim
+resumes the task from its checkpoint; if it shuts down gracefully, it gives its leases back at
+once. Blocking work (rendering, encoding, probing) always runs in threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import shutil
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from reelserve.domain.spec import GenerationSpec
+from reelserve.domain.task import ErrorCode
+from reelserve.media.video import probe_video, write_thumbnail
+from reelserve.providers.base import Clip, InputImages, ProviderError, TaskCancelled
+from reelserve.service import Reelserve
+from reelserve.store.queue import TaskRecord
+
+log = logging.getLogger("reelserve.worker")
+
+PROVIDER_SHARE = 95  # progress percent reached when the provider is done; the rest is storing
+
+
+class WorkerShutdown(Exception):
+    """Raised inside a provider when this worker is stopping: the task is handed back."""
+
+
+class LeaseLost(Exception):
+    """This worker no longer owns the task (its lease expired and another worker took it)."""
+
+
+@dataclass
+class TaskContext:
+    """The `RunContext` a provider sees, for one attempt at one task."""
+
+    task_id: str
+    workdir: Path
+    resume_state: dict[str, Any] | None
+    images: InputImages
+    _app: Reelserve
+    _token: str
+    _checkpoint: dict[str, Any]
+    _fraction: float = 0.0
+    _stop: str | None = None  # "cancel" | "shutdown" | "lost"
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def report_progress(self, fraction: float) -> None:
+        with self._lock:
+            if fraction > self._fraction:
+                self._fraction = min(1.0, fraction)
+
+    @property
+    def fraction(self) -> float:
+        with self._lock:
+            return self._fraction
+
+    def stop(self, reason: str) -> None:
+        with self._lock:
+            if self._stop is None:
+                self._stop = reason
+
+    @property
+    def stop_reason(self) -> str | None:
+        with self._lock:
+            return self._stop
+
+    @property
+    def cancel_requested(self) -> bool:
+        return self.stop_reason == "cancel"
+
+    def check_cancelled(self) -> None:
+        reason = self.stop_reason
+        if reason == "cancel":
+            raise TaskCancelled("cancelled by the client")
+        if reason == "shutdown":
+            raise WorkerShutdown("worker is shutting down")
+        if reason == "lost":
+            raise LeaseLost(self.task_id)
+
+    async def checkpoint(self, state: dict[str, Any]) -> None:
+        self.resume_state = state
+        await self._save("provider", state)
+
+    @property
+    def inputs_state(self) -> dict[str, Any]:
+        """Where this task's fetched input images are kept (see worker.inputs)."""
+        return dict(self._checkpoint.get("inputs") or {})
+
+    async def save_inputs(self, state: dict[str, Any]) -> None:
+        await self._save("inputs", state)
+
+    async def _save(self, part: str, state: dict[str, Any]) -> None:
+        """The task's checkpoint holds the worker's part ("inputs") and the provider's."""
+        self._checkpoint[part] = state
+        if not await self._app.queue.checkpoint(self.task_id, self._token, self._checkpoint):
+            self.stop("lost")
+            raise LeaseLost(self.task_id)
+
+
+class Worker:
+    def __init__(
+        self,
+        app: Reelserve,
+        *,
+        concurrency: int | None = None,
+        providers: set[str] | None = None,
+        models: set[str] | None = None,
+        name: str | None = None,
+        shutdown_grace: float = 10.0,
+    ) -> None:
+        self.app = app
+        self.settings = app.settings
+        self.concurrency = concurrency or self.settings.worker_concurrency
+        self.providers = providers if providers is not None else set(app.providers)
+        self.models = models
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        self.shutdown_grace = shutdown_grace
+        self._wake = asyncio.Event()
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self._contexts: dict[str, TaskContext] = {}
+        self.completed = 0
+
+    def wake(self) -> None:
+        """Claim now instead of after the poll interval (thread-safe within the loop's thread)."""
+        self._wake.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        log.info("worker %s started (concurrency %d)", self.name, self.concurrency)
+        last_reap = 0.0
+        stop_wait = asyncio.create_task(stop.wait())
+        async with self.app.queue.subscribe(self._notified):
+            await self._loop(stop, stop_wait, last_reap)
+        log.info("worker %s stopped", self.name)
+
+    def _notified(self, provider: str) -> None:
+        if provider in self.providers:
+            self._wake.set()
+
+    async def _loop(
+        self, stop: asyncio.Event, stop_wait: asyncio.Task[Any], last_reap: float
+    ) -> None:
+        last_sweep = 0.0
+        try:
+            while not stop.is_set():
+                if time.monotonic() - last_sweep > self.settings.sweep_interval:
+                    last_sweep = time.monotonic()
+                    try:
+                        await self.sweep()
+                    except Exception:
+                        log.exception("retention sweep failed; will retry")
+                if time.monotonic() - last_reap > self.settings.lease_seconds / 2:
+                    last_reap = time.monotonic()
+                    with contextlib.suppress(Exception):
+                        failed = await self.app.queue.fail_exhausted(self.settings.max_attempts)
+                        for task_id in failed:
+                            log.warning("task %s failed: attempts exhausted", task_id)
+                claimed = False
+                if len(self._running) < self.concurrency:
+                    try:
+                        claimed = await self._claim_one()
+                    except Exception:
+                        log.exception("claim failed; retrying")
+                if claimed:
+                    continue
+                self._wake.clear()
+                waiters: set[asyncio.Future[Any]] = {
+                    stop_wait,
+                    asyncio.ensure_future(self._wake.wait()),
+                }
+                waiters.update(self._running.values())
+                _, pending = await asyncio.wait(
+                    waiters,
+                    timeout=self.settings.poll_interval,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                running = set(self._running.values())
+                for fut in pending:
+                    if fut is not stop_wait and fut not in running:
+                        fut.cancel()
+        finally:
+            stop_wait.cancel()
+            await self._shutdown()
+
+    async def sweep(self) -> int:
+        """Delete the files of tasks finished more than `result_ttl` ago and mark them expired."""
+        before = time.time() - self.settings.result_ttl
+        swept = 0
+        while ids := await self.app.queue.expired_files(before):
+            for task_id in ids:
+                await asyncio.to_thread(self.app.storage.delete_prefix, task_id)
+                await self.app.queue.mark_files_expired(task_id)
+                swept += 1
+        if swept:
+            log.info("retention: deleted the files of %d tasks", swept)
+        return swept
+
+    async def _claim_one(self) -> bool:
+        token = f"{self.name}:{secrets.token_hex(4)}"
+        task = await self.app.queue.claim(
+            token,
+            lease_seconds=self.settings.lease_seconds,
+            max_attempts=self.settings.max_attempts,
+            providers=self.providers,
+            models=self.models,
+        )
+        if task is None:
+            return False
+        job = asyncio.create_task(self._execute(task, token))
+        self._running[task.id] = job
+
+        def _done(_: asyncio.Task[None]) -> None:
+            self._running.pop(task.id, None)
+
+        job.add_done_callback(_done)
+        return True
+
+    async def _shutdown(self) -> None:
+        if not self._running:
+            return
+        for ctx in list(self._contexts.values()):
+            ctx.stop("shutdown")
+        _, pending = await asyncio.wait(list(self._running.values()), timeout=self.shutdown_grace)
+        for job in pending:
+            job.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=2)
+
+    async def _execute(self, task: TaskRecord, token: str) -> None:
+        queue = self.app.queue
+        workdir = await asyncio.to_thread(self._fresh_workdir, task.id)
+        checkpoint = dict(task.checkpoint or {})
+        ctx = TaskContext(
+            task_id=task.id,
+            workdir=workdir,
+            resume_state=checkpoint.get("provider"),
+            images=InputImages(),
+            _app=self.app,
+            _token=token,
+            _checkpoint=checkpoint,
+        )
+        self._contexts[task.id] = ctx
+        if task.cancel_requested:
+            ctx.stop("cancel")
+        beat = asyncio.create_task(self._heartbeat(task, token, ctx))
+        outcome = "?"
+        try:
+            provider = self.app.providers.get(task.provider)
+            if provider is None:
+                raise ProviderError(
+                    ErrorCode.PROVIDER_NOT_CONFIGURED,
+                    f'provider "{task.provider}" is not available on this worker',
+                )
+            spec = GenerationSpec.model_validate(task.spec)
+            ctx.check_cancelled()
+            ctx.images = await self._inputs(task, spec, ctx)
+            clips = await provider.run(spec, ctx)
+            ctx.check_cancelled()
+            result = await self._store_results(task, spec, clips)
+            ctx.check_cancelled()
+            if await queue.complete(task.id, token, result):
+                outcome = "completed"
+                self.completed += 1
+            else:
+                outcome = "lost"
+        except TaskCancelled:
+            await queue.mark_cancelled(task.id, token)
+            outcome = "cancelled"
+        except WorkerShutdown:
+            await queue.release(task.id, token)
+            outcome = "released"
+        except LeaseLost:
+            outcome = "lost"
+        except ProviderError as exc:
+            outcome = "failed"
+            await queue.fail(task.id, token, exc.code, exc.message)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(queue.release(task.id, token))
+            outcome = "released"
+            raise
+        except Exception:
+            log.exception("task %s failed with an internal error", task.id)
+            outcome = "failed"
+            await queue.fail(
+                task.id,
+                token,
+                ErrorCode.INTERNAL_ERROR.value,
+                "an internal error stopped this task; the server log has the details",
+            )
+        finally:
+            beat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beat
+            self._contexts.pop(task.id, None)
+            await asyncio.to_thread(shutil.rmtree, workdir, True)
+            log.info("task %s %s (attempt %d)", task.id, outcome, task.attempts)
+
+    def _fresh_workdir(self, task_id: str) -> Path:
+        """A scratch directory for this attempt, after removing any left by an earlier,
+        interrupted attempt (this worker holds the task's lease now)."""
+        scratch = self.settings.data_dir / "work"
+        for stale in scratch.glob(f"{task_id}.*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        workdir = scratch / f"{task_id}.{secrets.token_hex(3)}"
+        workdir.mkdir(parents=True, exist_ok=True)
+        return workdir
+
+    async def _inputs(
+        self, task: TaskRecord, spec: GenerationSpec, ctx: TaskContext
+    ) -> InputImages:
+        """Fetched, fitted input images (image-to-video); none for text-to-video."""
+        if spec.first_frame_image is None:
+            return InputImages()
+        from reelserve.worker.inputs import load_inputs
+
+        return await load_inputs(self.app, task, spec, ctx)
+
+    async def _store_results(
+        self, task: TaskRecord, spec: GenerationSpec, clips: list[Clip]
+    ) -> dict[str, Any]:
+        storage = self.app.storage
+
+        def _finish(index: int, clip: Clip) -> dict[str, Any]:
+            info = probe_video(clip.path)
+            thumb = clip.path.with_suffix(".jpg")
+            write_thumbnail(clip.path, thumb)
+            video_key = f"{task.id}/{index}.mp4"
+            thumb_key = f"{task.id}/{index}.jpg"
+            size = storage.put_file(video_key, clip.path)
+            storage.put_file(thumb_key, thumb)
+            return {
+                "video_key": video_key,
+                "thumbnail_key": thumb_key,
+                "duration": round(info.duration, 3),
+                "width": info.width,
+                "height": info.height,
+                "fps": round(info.fps, 3),
+                "has_audio": info.has_audio,
+                "seed": clip.seed if clip.seed is not None else spec.sample_seed(index),
+                "size_bytes": size,
+            }
+
+        videos = []
+        for index, clip in enumerate(clips):
+            videos.append(await asyncio.to_thread(_finish, index, clip))
+        return {"videos": videos, "expires_at": int(time.time()) + self.settings.result_ttl}
+
+    async def _heartbeat(self, task: TaskRecord, token: str, ctx: TaskContext) -> None:
+        interval = min(self.settings.lease_seconds / 3, self.settings.progress_flush_interval)
+        last_sent = -1
+        while True:
+            await asyncio.sleep(interval)
+            pct = int(ctx.fraction * PROVIDER_SHARE)
+            try:
+                owned, cancel = await self.app.queue.heartbeat(
+                    task.id,
+                    token,
+                    lease_seconds=self.settings.lease_seconds,
+                    progress=pct if pct != last_sent else None,
+                )
+            except Exception:
+                log.exception("heartbeat for %s failed; will retry", task.id)
+                continue
+            last_sent = pct
+            if not owned:
+                ctx.stop("lost")
+                return
+            if cancel:
+                ctx.stop("cancel")

@@ -1,0 +1,191 @@
+"""The durable queue on both engines: transitions, fencing, leases, reclaim, cancel, idempotency."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from reelserve.domain.ids import task_id
+from reelserve.domain.task import TaskStatus
+from reelserve.store.db import create_engine, upgrade
+from reelserve.store.queue import CancelOutcome, IdempotencyConflict, TaskQueue
+from tests.databases import database_url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    with database_url(request.param, tmp_path) as url:
+        yield url
+
+
+@pytest.fixture()
+async def queue(db_url: str) -> AsyncIterator[TaskQueue]:
+    engine: AsyncEngine = create_engine(db_url)
+    await upgrade(engine)
+    await upgrade(engine)  # migrating twice is a no-op
+    yield TaskQueue(engine)
+    await engine.dispose()
+
+
+async def _submit(queue: TaskQueue, key: str = "key_a", **kw: object) -> str:
+    tid = task_id()
+    task, created = await queue.submit(
+        task_id=tid,
+        api_key_id=key,
+        model="sandbox",
+        provider=str(kw.get("provider", "sandbox")),
+        spec={"prompt": "x"},
+        estimated_time=5,
+    )
+    assert created and task.status is TaskStatus.PENDING and task.progress == 0
+    return tid
+
+
+async def test_full_lifecycle_and_fencing(queue: TaskQueue) -> None:
+    tid = await _submit(queue)
+    claimed = await queue.claim("w1", lease_seconds=30, max_attempts=3)
+    assert claimed is not None and claimed.id == tid
+    assert claimed.status is TaskStatus.PROCESSING and claimed.attempts == 1
+    assert await queue.claim("w2", lease_seconds=30, max_attempts=3) is None
+
+    assert await queue.heartbeat(tid, "w1", lease_seconds=30, progress=40) == (True, False)
+    await queue.heartbeat(tid, "w1", lease_seconds=30, progress=10)
+    task = await queue.get(tid)
+    assert task is not None and task.progress == 40  # never decreases
+
+    assert await queue.checkpoint(tid, "w1", {"op": "operations/1"})
+    assert not await queue.checkpoint(tid, "w2", {"op": "x"})
+    assert not await queue.complete(tid, "w2", {"videos": []})  # not the owner
+    assert await queue.complete(tid, "w1", {"videos": []})
+    assert not await queue.complete(tid, "w1", {"videos": []})  # finished never changes
+    assert not await queue.fail(tid, "w1", "internal_error", "late")
+    task = await queue.get(tid)
+    assert task is not None
+    assert task.status is TaskStatus.COMPLETED and task.progress == 100
+    assert task.checkpoint == {"op": "operations/1"} and task.error_code is None
+
+
+async def test_expired_lease_is_resumed_and_old_owner_fenced(queue: TaskQueue) -> None:
+    tid = await _submit(queue)
+    assert await queue.claim("dead", lease_seconds=0.2, max_attempts=3) is not None
+    await queue.checkpoint(tid, "dead", {"step": 3})
+    await queue.heartbeat(tid, "dead", lease_seconds=0.2, progress=30)
+    await asyncio.sleep(0.3)
+    resumed = await queue.claim("alive", lease_seconds=30, max_attempts=3)
+    assert resumed is not None and resumed.id == tid
+    assert resumed.attempts == 2
+    assert resumed.checkpoint == {"step": 3} and resumed.progress == 30
+    assert await queue.heartbeat(tid, "dead", lease_seconds=30) == (False, False)
+    assert not await queue.complete(tid, "dead", {"videos": []})
+    assert await queue.complete(tid, "alive", {"videos": []})
+
+
+async def test_exhausted_attempts_fail_the_task(queue: TaskQueue) -> None:
+    tid = await _submit(queue)
+    for n in range(2):
+        assert await queue.claim(f"w{n}", lease_seconds=0.05, max_attempts=2) is not None
+        await asyncio.sleep(0.1)
+    assert await queue.claim("w9", lease_seconds=30, max_attempts=2) is None
+    assert await queue.fail_exhausted(2) == [tid]
+    task = await queue.get(tid)
+    assert task is not None and task.status is TaskStatus.FAILED
+    assert task.error_code == "internal_error" and "interrupted" in (task.error_message or "")
+
+
+async def test_release_hands_back_without_spending_an_attempt(queue: TaskQueue) -> None:
+    tid = await _submit(queue)
+    assert await queue.claim("w1", lease_seconds=30, max_attempts=1) is not None
+    assert await queue.release(tid, "w1")
+    again = await queue.claim("w2", lease_seconds=30, max_attempts=1)
+    assert again is not None and again.id == tid and again.attempts == 1
+    assert again.status is TaskStatus.PROCESSING
+
+
+async def test_cancel_outcomes(queue: TaskQueue) -> None:
+    pending = await _submit(queue)
+    running = await _submit(queue)
+    outcome, task = await queue.cancel(pending, "key_a")
+    assert outcome is CancelOutcome.CANCELLED and task is not None
+    assert task.status is TaskStatus.CANCELLED and task.finished_at is not None
+    claimed = await queue.claim("w", lease_seconds=30, max_attempts=3)
+    assert claimed is not None and claimed.id == running  # the cancelled one is never claimed
+    outcome, _ = await queue.cancel(running, "key_other")
+    assert outcome is CancelOutcome.NOT_FOUND
+    outcome, task = await queue.cancel(running, "key_a")
+    assert outcome is CancelOutcome.REQUESTED and task is not None
+    assert task.status is TaskStatus.PROCESSING
+    assert await queue.heartbeat(running, "w", lease_seconds=30) == (True, True)
+    assert await queue.mark_cancelled(running, "w")
+    outcome, _ = await queue.cancel(running, "key_a")
+    assert outcome is CancelOutcome.FINISHED
+
+
+async def test_claim_order_and_filters(queue: TaskQueue) -> None:
+    first = await _submit(queue)
+    veo = await _submit(queue, provider="google_veo")
+    second = await _submit(queue)
+    got = await queue.claim("a", lease_seconds=30, max_attempts=3, providers={"google_veo"})
+    assert got is not None and got.id == veo
+    got = await queue.claim("b", lease_seconds=30, max_attempts=3, providers={"sandbox"})
+    assert got is not None and got.id == first
+    got = await queue.claim("c", lease_seconds=30, max_attempts=3, models={"other"})
+    assert got is None
+    got = await queue.claim("d", lease_seconds=30, max_attempts=3)
+    assert got is not None and got.id == second
+
+
+async def test_concurrent_claims_never_share_a_task(queue: TaskQueue) -> None:
+    ids = {await _submit(queue) for _ in range(30)}
+
+    async def drain(name: str) -> list[str]:
+        got = []
+        while (task := await queue.claim(name, lease_seconds=30, max_attempts=3)) is not None:
+            got.append(task.id)
+        return got
+
+    results = await asyncio.gather(*(drain(f"w{i}") for i in range(4)))
+    flat = [t for r in results for t in r]
+    assert sorted(flat) == sorted(ids)
+    assert len(set(flat)) == len(flat)
+
+
+async def test_idempotency_window_and_conflict(queue: TaskQueue) -> None:
+    async def submit(key: str, h: str) -> tuple[str, bool]:
+        task, created = await queue.submit(
+            task_id=task_id(),
+            api_key_id="key_a",
+            model="sandbox",
+            provider="sandbox",
+            spec={},
+            estimated_time=1,
+            idempotency_key=key,
+            request_hash=h,
+        )
+        return task.id, created
+
+    a, created = await submit("k1", "h1")
+    assert created
+    assert await submit("k1", "h1") == (a, False)
+    with pytest.raises(IdempotencyConflict):
+        await submit("k1", "h2")
+    # concurrent first submissions with one key make one task
+    results = await asyncio.gather(*(submit("k2", "h") for _ in range(5)))
+    assert len({r[0] for r in results}) == 1
+    assert sum(1 for r in results if r[1]) == 1
+
+
+async def test_listing_and_queue_position(queue: TaskQueue) -> None:
+    ids = [await _submit(queue) for _ in range(3)]
+    other = await _submit(queue, key="key_b")
+    listed = await queue.list_tasks("key_a", limit=10)
+    assert [t.id for t in listed] == list(reversed(ids))
+    assert [t.id for t in await queue.list_tasks("key_a", limit=10, after=ids[2])] == ids[1::-1]
+    assert [t.id for t in await queue.list_tasks("key_b", limit=10)] == [other]
+    third = await queue.get(ids[2])
+    assert third is not None and await queue.queue_position(third) == 2
+    assert time.time() - third.created_at < 60

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -143,6 +144,24 @@ def test_oversize_body_is_413(client: httpx.Client, server: Any) -> None:
     )
     assert response.status_code == 413
     assert response.json()["code"] == 413
+    assert response.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_oversize_chunked_body_is_413(client: httpx.Client, server: Any) -> None:
+    """No Content-Length: the limit is enforced while the body streams in."""
+    limit = server.settings.max_body_bytes
+    chunk = b" " * (1024 * 1024)
+
+    def body() -> Iterator[bytes]:
+        yield b"{"
+        for _ in range(limit // len(chunk) + 2):
+            yield chunk
+        yield b"}"
+
+    response = client.post(
+        "/v1/videos/generations", content=body(), headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 413, response.text
     assert response.json()["error"]["type"] == "invalid_request_error"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
@@ -27,6 +28,13 @@ class BodyTooLarge(Exception):
     pass
 
 
+# After deciding to refuse a body, read and discard what the client is still sending (up to
+# these bounds) before answering: closing a socket with unread data makes the kernel send a
+# reset, which can destroy the 413 answer before the client reads it.
+DRAIN_MAX_BYTES = 256 * 1024 * 1024
+DRAIN_SECONDS = 10.0
+
+
 class BodyLimitMiddleware:
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -43,16 +51,19 @@ class BodyLimitMiddleware:
                 except ValueError:
                     declared = 0
                 if declared > self.max_bytes:
+                    await _drain(receive, 0)
                     await self._reject(send)
                     return
         seen = 0
         started = False
+        body_done = False
 
         async def limited_receive() -> Message:
-            nonlocal seen
+            nonlocal seen, body_done
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
+                body_done = not message.get("more_body", False)
                 if seen > self.max_bytes:
                     raise BodyTooLarge()
             return message
@@ -67,6 +78,8 @@ class BodyLimitMiddleware:
             await self.app(scope, limited_receive, tracking_send)
         except BodyTooLarge:
             if not started:
+                if not body_done:
+                    await _drain(receive, seen)
                 await self._reject(send)
 
     async def _reject(self, send: Send) -> None:
@@ -83,6 +96,24 @@ class BodyLimitMiddleware:
             }
         )
         await send({"type": "http.response.body", "body": body})
+
+
+async def _drain(receive: Receive, seen: int) -> None:
+    """Discard the rest of a refused request body, within `DRAIN_MAX_BYTES` / `DRAIN_SECONDS`."""
+    deadline = time.monotonic() + DRAIN_SECONDS
+    while seen < DRAIN_MAX_BYTES:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return
+        try:
+            message = await asyncio.wait_for(receive(), remaining)
+        except TimeoutError:
+            return
+        if message["type"] != "http.request":
+            return
+        seen += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return
 
 
 class MetricsMiddleware:

@@ -1,8 +1,8 @@
-"""The `reelserve` command: serve | worker | keys | tasks | migrate.
+"""The `reelserve` command: serve | worker | generate | keys | tasks | migrate.
 
 Operators script these, so the forms are fixed: `reelserve serve --host H --port P --data-dir DIR`
 and `reelserve keys create (--test|--live) [--name N] --data-dir DIR`, which prints the new key
-alone on the last line of standard output.
+alone on the last line of standard output (its webhook signing secret on the line before).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from reelserve.cli_generate import generate_command
 from reelserve.settings import Settings
 
 app = typer.Typer(
@@ -32,6 +33,7 @@ keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help
 tasks_app = typer.Typer(help="Inspect tasks in the store.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(tasks_app, name="tasks")
+app.command("generate")(generate_command)
 
 err = Console(stderr=True)
 
@@ -63,14 +65,19 @@ def _logging(level: str) -> None:
 
 
 async def mint_key(settings: Settings, mode: str, name: str) -> str:
+    return (await mint_key_with_webhook_secret(settings, mode, name))[0]
+
+
+async def mint_key_with_webhook_secret(settings: Settings, mode: str, name: str) -> tuple[str, str]:
+    """A new API key and its webhook signing secret (`whsec_...`), each shown once."""
     from reelserve.service import Reelserve
 
     service = await Reelserve.open(settings)
     try:
-        _, secret = await service.keys.create(mode, name)  # type: ignore[arg-type]
+        _, secret, webhook_secret = await service.create_key(mode, name)  # type: ignore[arg-type]
     finally:
         await service.close()
-    return secret
+    return secret, webhook_secret
 
 
 def _quickstart(base: str, secret: str) -> str:
@@ -129,6 +136,9 @@ def serve(
         log_level=log_level.lower(),
         access_log=False,
         proxy_headers=True,
+        # Open event streams (GET /v1/tasks/{id}/events) would otherwise hold a shutdown until
+        # their tasks finish: after this many seconds the remaining requests are cancelled.
+        timeout_graceful_shutdown=10,
     )
 
 
@@ -142,12 +152,41 @@ def worker_command(
     providers: Annotated[
         str | None, typer.Option(help="Comma-separated providers this worker takes.")
     ] = None,
+    device: Annotated[
+        str | None,
+        typer.Option(help="Torch device for local models, e.g. cuda:1 (one GPU per worker)."),
+    ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            envvar="REELSERVE_WORKER_METRICS_PORT",
+            help="Serve this worker's Prometheus metrics (time in queue, run time, upstream "
+            "errors) on this port.",
+        ),
+    ] = None,
+    metrics_host: Annotated[str, typer.Option(help="Address of the metrics endpoint.")] = "0.0.0.0",
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error")] = "info",
 ) -> None:
-    """Run a worker process (no HTTP): claims tasks from the store and runs them."""
+    """Run a worker process (no HTTP API): claims tasks from the store and runs them."""
     _logging(log_level)
-    settings = _settings(data_dir)
-    asyncio.run(_run_worker(settings, concurrency, _split(models), _split(providers)))
+    settings = _settings(data_dir, device=device)
+    metrics = _serve_worker_metrics(metrics_port, metrics_host)
+    asyncio.run(
+        _run_worker(settings, concurrency, _split(models), _split(providers), metrics=metrics)
+    )
+
+
+def _serve_worker_metrics(port: int | None, host: str) -> Any:
+    """A worker's own metrics on `host:port` (a thread), or None without a port."""
+    if port is None:
+        return None
+    from prometheus_client import start_http_server
+
+    from reelserve.metrics import Metrics
+
+    metrics = Metrics()
+    start_http_server(port, addr=host, registry=metrics.registry)
+    return metrics
 
 
 def _split(value: str | None) -> set[str] | None:
@@ -161,11 +200,13 @@ async def _run_worker(
     concurrency: int | None,
     models: set[str] | None,
     providers: set[str] | None,
+    *,
+    metrics: Any = None,
 ) -> None:
     from reelserve.service import Reelserve
     from reelserve.worker.runner import Worker
 
-    service = await Reelserve.open(settings)
+    service = await Reelserve.open(settings, metrics=metrics)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -218,9 +259,35 @@ def keys_create(
         err.print("[red]choose exactly one of --test or --live[/]")
         raise typer.Exit(2)
     settings = _settings(data_dir)
-    secret = asyncio.run(mint_key(settings, "test" if test else "live", name))
-    err.print("Store this key now: it is shown only once.")
+    secret, webhook_secret = asyncio.run(
+        mint_key_with_webhook_secret(settings, "test" if test else "live", name)
+    )
+    err.print("Store this key and its webhook signing secret now: they are shown only once.")
+    print(f"webhook signing secret: {webhook_secret}")
     print(secret)
+
+
+@keys_app.command("rotate-webhook-secret")
+def keys_rotate_webhook_secret(
+    key: Annotated[str, typer.Argument(help="The key id (key_...) or its shown prefix.")],
+    data_dir: DataDir = None,
+) -> None:
+    """Give a key a new webhook signing secret (printed once); the old one stops at once."""
+    from reelserve.service import Reelserve
+
+    async def _go() -> tuple[str, str] | None:
+        service = await Reelserve.open(_settings(data_dir))
+        try:
+            return await service.webhooks.rotate_secret(key)
+        finally:
+            await service.close()
+
+    rotated = asyncio.run(_go())
+    if rotated is None:
+        err.print(f"[red]no single key matches {key!r}[/]")
+        raise typer.Exit(1)
+    err.print(f"New webhook signing secret of {rotated[0]}; store it now: it is shown only once.")
+    print(rotated[1])
 
 
 @keys_app.command("list")

@@ -1,15 +1,73 @@
-"""Prometheus metrics of one process, in a registry of its own (so tests can run many apps)."""
+"""Prometheus metrics of one process, in a registry of its own (so tests can run many apps).
+
+Counts of tasks come from the store at scrape time (tasks run in other processes too); what only
+the process running a task sees (time in queue, run time, upstream errors) is observed where it
+happens: a worker process exposes it with `reelserve worker --metrics-port`.
+
+Providers report upstream errors with `reelserve.metrics.upstream_error(provider, code)`.
+"""
 
 from __future__ import annotations
 
+import time
+import weakref
+from collections.abc import Iterable, Mapping
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+TASK_STATUSES = ("pending", "processing", "completed", "failed", "cancelled")
+QUEUE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+RUN_BUCKETS = (0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600)
+
+_live: weakref.WeakSet[Metrics] = weakref.WeakSet()
 
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.tasks = Gauge(
-            "reelserve_tasks", "Tasks in the store by status", ["status"], registry=self.registry
+            "reelserve_tasks",
+            "Tasks in the store by model and status",
+            ["model", "status"],
+            registry=self.registry,
+        )
+        self.queue_depth = Gauge(
+            "reelserve_queue_depth",
+            "Pending (queued) tasks in the store by model",
+            ["model"],
+            registry=self.registry,
+        )
+        self.queue_oldest = Gauge(
+            "reelserve_queue_oldest_seconds",
+            "Age of the oldest pending task by model (0 when none is pending)",
+            ["model"],
+            registry=self.registry,
+        )
+        self.queue_time = Histogram(
+            "reelserve_task_queue_seconds",
+            "Time from submit to the first claim by a worker, by model",
+            ["model"],
+            buckets=QUEUE_BUCKETS,
+            registry=self.registry,
+        )
+        self.run_time = Histogram(
+            "reelserve_task_run_seconds",
+            "Time from claim to finish of one attempt, by model and outcome "
+            "(completed, failed, cancelled, released, lost)",
+            ["model", "outcome"],
+            buckets=RUN_BUCKETS,
+            registry=self.registry,
+        )
+        self.upstream_errors = Counter(
+            "reelserve_upstream_errors",
+            "Errors answered by upstream services, by provider and code",
+            ["provider", "code"],
+            registry=self.registry,
+        )
+        self.event_streams = Gauge(
+            "reelserve_event_streams",
+            "Open task event streams (GET /v1/tasks/{id}/events) in this process",
+            registry=self.registry,
         )
         self.http_requests = Counter(
             "reelserve_http_requests",
@@ -23,7 +81,47 @@ class Metrics:
             ["route"],
             registry=self.registry,
         )
+        _live.add(self)
 
-    def set_task_counts(self, counts: dict[str, int]) -> None:
-        for status in ("pending", "processing", "completed", "failed", "cancelled"):
-            self.tasks.labels(status=status).set(counts.get(status, 0))
+    def set_task_stats(
+        self,
+        counts: Mapping[tuple[str, str], int],
+        oldest_pending: Mapping[str, float],
+        models: Iterable[str] = (),
+        *,
+        now: float | None = None,
+    ) -> None:
+        """Replace the task gauges with a fresh read of the store: `counts` by (model, status),
+        the oldest pending task's `created_at` by model. Configured `models` show zeros."""
+        now = time.time() if now is None else now
+        known = set(models) | {model for model, _ in counts}
+        self.tasks.clear()
+        self.queue_depth.clear()
+        self.queue_oldest.clear()
+        for model in known:
+            for status in TASK_STATUSES:
+                self.tasks.labels(model=model, status=status).set(counts.get((model, status), 0))
+            self.queue_depth.labels(model=model).set(counts.get((model, "pending"), 0))
+            oldest = oldest_pending.get(model)
+            self.queue_oldest.labels(model=model).set(max(0.0, now - oldest) if oldest else 0.0)
+
+    def task_claimed(self, model: str, queued_seconds: float) -> None:
+        """A worker claimed a task for the first time, `queued_seconds` after its submit."""
+        self.queue_time.labels(model=model).observe(max(0.0, queued_seconds))
+
+    def task_attempt_finished(self, model: str, outcome: str, seconds: float) -> None:
+        """One attempt at a task ended (claim to finish) with `outcome`."""
+        self.run_time.labels(model=model, outcome=outcome).observe(max(0.0, seconds))
+
+    def upstream_error(self, provider: str, code: str | int) -> None:
+        """An upstream service answered an error: `code` is its HTTP status or a short, stable
+        error code (keep the set small: it is a label)."""
+        self.upstream_errors.labels(provider=provider, code=str(code)[:64]).inc()
+
+
+def upstream_error(provider: str, code: str | int) -> None:
+    """Count an upstream error on every `Metrics` of this process (a server or worker process has
+    one). For providers, which do not hold the worker's `Metrics`: call it once per error answer
+    from an upstream, e.g. `upstream_error("google_veo", 429)`."""
+    for metrics in list(_live):
+        metrics.upstream_error(provider, code)

@@ -25,14 +25,22 @@ from reelserve.domain.task import TaskStatus
 from reelserve.media.images import FetchPolicy, ImageInputError, check_image_source
 from reelserve.metrics import Metrics
 from reelserve.providers.base import Provider
-from reelserve.providers.registry import SANDBOX, build_providers, not_configured_message
+from reelserve.providers.registry import (
+    SANDBOX,
+    build_providers,
+    fit_models,
+    not_configured_message,
+)
 from reelserve.settings import Settings
 from reelserve.storage.base import Storage
 from reelserve.storage.factory import open_storage
 from reelserve.storage.signing import FileGrant, Signer, TokenError
 from reelserve.store.db import create_engine, upgrade
-from reelserve.store.keys import ApiKey, KeyStore
+from reelserve.store.keys import ApiKey, KeyMode, KeyStore
+from reelserve.store.observe import task_stats
 from reelserve.store.queue import CancelOutcome, IdempotencyConflict, TaskQueue, TaskRecord
+from reelserve.store.usage import UsageStore
+from reelserve.store.webhooks import Attempt, Delivery, WebhookStore, new_webhook_secret
 
 MAX_LIST_LIMIT = 100
 LANGUAGES = ("en", "zh", "ko", "ja")
@@ -53,10 +61,12 @@ class Reelserve:
     settings: Settings
     queue: TaskQueue
     keys: KeyStore
+    webhooks: WebhookStore
     storage: Storage
     signer: Signer
     providers: dict[str, Provider]
     models: dict[str, ModelEntry]
+    usage: UsageStore
     metrics: Metrics = field(default_factory=Metrics)
     _auth_cache: dict[str, tuple[float, ApiKey]] = field(default_factory=dict)
     _submit_listeners: list[Callable[[], None]] = field(default_factory=list)
@@ -72,14 +82,17 @@ class Reelserve:
         engine = create_engine(settings.resolved_database_url)
         if migrate:
             await upgrade(engine)
+        providers = build_providers(settings)
         return cls(
             settings=settings,
             queue=TaskQueue(engine),
             keys=KeyStore(engine),
+            webhooks=WebhookStore(engine, settings.signing_key()),
             storage=open_storage(settings),
             signer=Signer(settings.signing_key()),
-            providers=build_providers(settings),
-            models=settings.model_map(),
+            providers=providers,
+            models=fit_models(settings.model_map(), providers),
+            usage=UsageStore(engine),
             metrics=metrics or Metrics(),
         )
 
@@ -109,6 +122,15 @@ class Reelserve:
             self._auth_cache.pop(secret, None)
         return key
 
+    async def create_key(self, mode: KeyMode, name: str = "") -> tuple[ApiKey, str, str]:
+        """Mint an API key with its webhook signing secret: (key, API key secret, webhook
+        secret). Both secrets are shown once; the webhook secret is stored sealed."""
+        webhook_secret = new_webhook_secret()
+        key, secret = await self.keys.create(
+            mode, name, webhook_secret=self.webhooks.box.seal(webhook_secret)
+        )
+        return key, secret, webhook_secret
+
     # -- tasks ---------------------------------------------------------------------------------
 
     def provider_for(self, key: ApiKey, entry: ModelEntry) -> str:
@@ -125,14 +147,30 @@ class Reelserve:
         return entry.provider
 
     async def submit(
-        self, key: ApiKey, body: object, *, idempotency_key: str | None = None
+        self,
+        key: ApiKey,
+        body: object,
+        *,
+        idempotency_key: str | None = None,
+        base_url: str = "",
     ) -> TaskRecord:
+        """Queue a generation. `base_url` (the URL the request came to) is kept for the file
+        links of the task's webhook when `public_url` is not set."""
         spec = parse_generation_request(
             body, self.models, allow_http_webhooks=self.settings.allow_http_webhooks
         )
         entry = self.models[spec.model]
         provider = self.provider_for(key, entry)
         await self.check_images(spec)
+        task_id = new_task_id()
+        also_insert = []
+        if spec.webhook_url is not None:
+            await self.check_webhook(key, spec.webhook_url)
+            also_insert.append(
+                self.webhooks.insert_delivery(
+                    task_id=task_id, api_key_id=key.id, url=spec.webhook_url, base_url=base_url
+                )
+            )
         request_hash = None
         if idempotency_key is not None:
             if not 1 <= len(idempotency_key) <= 255:
@@ -143,7 +181,7 @@ class Reelserve:
             request_hash = hashlib.sha256(canonical.encode()).hexdigest()
         try:
             task, created = await self.queue.submit(
-                task_id=new_task_id(),
+                task_id=task_id,
                 api_key_id=key.id,
                 model=spec.model,
                 provider=provider,
@@ -151,6 +189,7 @@ class Reelserve:
                 estimated_time=entry.estimated_time,
                 idempotency_key=idempotency_key,
                 request_hash=request_hash,
+                also_insert=also_insert,
             )
         except IdempotencyConflict as exc:
             raise Conflict(
@@ -184,6 +223,73 @@ class Reelserve:
                 await check_image_source(source, param, policy)
             except ImageInputError as exc:
                 raise InvalidRequest(exc.message, param=param) from None
+
+    def webhook_policy(self) -> FetchPolicy:
+        s = self.settings
+        return FetchPolicy(
+            allow_hosts=tuple(s.webhook_allow_hosts),
+            allow_networks=tuple(s.webhook_allow_networks),
+            total_timeout=s.webhook_timeout,
+        )
+
+    async def check_webhook(self, key: ApiKey, url: str) -> None:
+        """What can be known at submit: the key can sign, and the target's address is public
+        (or allowed). Delivery checks the address again, since DNS answers change."""
+        if not await self.webhooks.has_secret(key.id):
+            raise InvalidRequest(
+                "this API key has no webhook signing secret (it was created before webhooks "
+                "existed); the operator can give it one with `reelserve keys "
+                "rotate-webhook-secret`",
+                param="webhook_url",
+            )
+        try:
+            await check_image_source(url, "webhook_url", self.webhook_policy())
+        except ImageInputError as exc:
+            raise InvalidRequest(exc.message, param="webhook_url") from None
+
+    async def task_webhooks(self, key: ApiKey, task_id: str) -> list[dict[str, Any]]:
+        """`GET /v1/tasks/{id}/webhooks`: the task's deliveries and every attempt made."""
+        task = await self.get_task(key, task_id)
+        deliveries = await self.webhooks.for_task(task.id)
+        return [_delivery_view(x, attempts) for x, attempts in deliveries]
+
+    async def delete_task(self, key: ApiKey, task_id: str) -> TaskRecord:
+        """Delete one of the caller's tasks with its files: a pending task is cancelled first;
+        a processing one is asked to stop and answers 409 until it has."""
+        task = await self.get_task(key, task_id)
+        if not task.status.finished:
+            outcome, current = await self.queue.cancel(task.id, key.id)
+            if current is None:
+                raise NotFound(f'no task "{_clip(task_id)}" found', param="task_id")
+            if outcome is CancelOutcome.REQUESTED:
+                raise Conflict(
+                    f"task {task.id} is still being generated: its cancellation was requested; "
+                    "delete it again once it has stopped",
+                    param="task_id",
+                )
+            task = current
+        await asyncio.to_thread(self.storage.delete_prefix, task.id)
+        await self.webhooks.delete_for_task(task.id)
+        await self.queue.delete_finished(task.id, key.id)
+        for cache_key in [k for k in self._finished_views if k[1] == task.id]:
+            self._finished_views.pop(cache_key, None)
+        return task
+
+    def result_file_token(self, task: TaskRecord, variant: str, index: int = 0) -> str:
+        """A signed file token for sample `index` of a completed task (`video` or `thumbnail`);
+        `Gone` once the retention sweeper has deleted the files."""
+        if task.status is not TaskStatus.COMPLETED or task.result is None:
+            raise Conflict(
+                f"task {task.id} is {task.status.value}; only a completed task has content",
+                param="task_id",
+            )
+        if task.files_expired_at is not None:
+            raise Gone(f"the files of task {task.id} have expired")
+        video = task.result["videos"][index]
+        expires_at = int(task.result["expires_at"])
+        if variant == "thumbnail":
+            return self.signer.sign(FileGrant(video["thumbnail_key"], "image/jpeg", expires_at))
+        return self.signer.sign(FileGrant(video["video_key"], "video/mp4", expires_at))
 
     async def get_task(self, key: ApiKey, task_id: str) -> TaskRecord:
         task = await self.queue.get(task_id, key.id)
@@ -317,16 +423,106 @@ class Reelserve:
             raise PermissionDenied("this file link is not valid") from None
         return OpenedFile(grant.key, grant.content_type, grant.expires_at)
 
+    async def usage_report(
+        self, key: ApiKey, *, since: str | None = None, until: str | None = None
+    ) -> dict[str, Any]:
+        """`GET /v1/usage`: the caller's completed tasks, videos, seconds of video and cost per
+        model (and currency), recorded in [since, until) (Unix seconds; both optional)."""
+        start = _unix_time(since, "since")
+        end = _unix_time(until, "until")
+        if start is not None and end is not None and end <= start:
+            raise InvalidRequest(
+                f"until must be later than since (got since={since}, until={until})",
+                param="until",
+            )
+        rows = await self.usage.totals(key.id, since=start, until=end)
+        totals: dict[str, dict[str, Any]] = {}
+        for row in rows:
+            total = totals.setdefault(
+                row.currency,
+                {
+                    "currency": row.currency,
+                    "tasks": 0,
+                    "videos": 0,
+                    "video_seconds": 0.0,
+                    "cost": 0.0,
+                },
+            )
+            total["tasks"] += row.tasks
+            total["videos"] += row.videos
+            total["video_seconds"] = round(total["video_seconds"] + row.video_seconds, 3)
+            total["cost"] = round(total["cost"] + row.cost, 6)
+        return {
+            "object": "usage",
+            "since": start,
+            "until": end,
+            "models": [
+                {
+                    "model": row.model,
+                    "tasks": row.tasks,
+                    "videos": row.videos,
+                    "video_seconds": row.video_seconds,
+                    "cost": row.cost,
+                    "currency": row.currency,
+                }
+                for row in rows
+            ],
+            "totals": list(totals.values()),
+        }
+
     async def refresh_metrics(self) -> None:
-        self.metrics.set_task_counts(await self.queue.counts())
+        """The task gauges, read from the store (tasks run in every process)."""
+        stats = await task_stats(self.queue.engine)
+        self.metrics.set_task_stats(stats.counts, stats.oldest_pending, self.models)
 
     async def ready(self) -> None:
         await self.queue.ping()
         await asyncio.to_thread(self.storage.ping)
 
 
+def _unix_time(value: str | None, name: str) -> float | None:
+    """A query parameter holding Unix seconds (an integer or decimal number), or None."""
+    if value is None or value == "":
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not math.isfinite(number) or number < 0:
+        raise InvalidRequest(
+            f"{name} must be a Unix time in seconds, such as 1763088289 (got {_clip(value)!r})",
+            param=name,
+        )
+    return number
+
+
 def _clip(text: str, limit: int = 64) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _delivery_view(delivery: Delivery, attempts: list[Attempt]) -> dict[str, Any]:
+    return {
+        "id": delivery.id,
+        "url": delivery.url,
+        "event": delivery.event,
+        "status": delivery.state.value,
+        "created": int(delivery.created_at),
+        "next_attempt_at": (
+            round(delivery.next_attempt_at, 3) if delivery.next_attempt_at is not None else None
+        ),
+        "finished": round(delivery.finished_at, 3) if delivery.finished_at is not None else None,
+        "attempts": [
+            {
+                "attempt": x.attempt,
+                "at": round(x.started_at, 3),
+                "duration_ms": round(x.duration * 1000),
+                "status_code": x.status_code,
+                "error": x.error,
+                "outcome": x.outcome.value,
+            }
+            for x in attempts
+        ],
+    }
 
 
 def load_spec(task: TaskRecord) -> GenerationSpec:

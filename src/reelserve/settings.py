@@ -21,6 +21,7 @@ from pydantic_settings import (
 )
 
 from reelserve.domain.models import ModelEntry, default_models
+from reelserve.settings_google import GoogleSettings
 
 
 def default_data_dir() -> Path:
@@ -80,10 +81,41 @@ class Settings(BaseSettings):
     poll_interval: float = Field(0.5, gt=0)
     progress_flush_interval: float = Field(0.5, gt=0)
     max_attempts: int = Field(3, ge=1, description="claims of one task before it is failed")
+    device: str | None = Field(
+        None,
+        pattern=r"^(cpu|cuda(:\d+)?|mps|xpu(:\d+)?)$",
+        description="torch device local models run on (cuda:N, cpu...); default: cuda if any",
+    )
 
     # HTTP
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+    events_poll_interval: float = Field(
+        0.25, gt=0, description="seconds between the store reads that feed task event streams"
+    )
+    events_keepalive: float = Field(
+        15.0, gt=0, description="seconds of silence after which an event stream sends a comment"
+    )
     allow_http_webhooks: bool = False
+
+    # Webhooks (docs/webhooks.md)
+    webhook_allow_hosts: list[str] = Field(default_factory=list)
+    webhook_allow_networks: list[str] = Field(default_factory=list)
+    webhook_timeout: float = Field(10.0, gt=0, description="seconds one delivery attempt may take")
+    webhook_retry_schedule: list[float] = Field(
+        default_factory=lambda: [5.0, 30.0, 120.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0],
+        description="seconds before each retry of a failed delivery (each randomised by +-20%)",
+    )
+    webhook_concurrency: int = Field(4, ge=1, description="deliveries one worker makes at once")
+
+    # OpenAI-compatible facade (docs/openai-compat.md)
+    openai_models: dict[str, str] = Field(
+        default_factory=lambda: {
+            "sora-2": "veo3.1-fast-official",
+            "sora-2-pro": "veo3.1-quality-official",
+        },
+        description="OpenAI model names -> reelserve model ids on /v1/videos",
+    )
+    openai_default_model: str = "sora-2"
 
     # Image inputs
     image_allow_hosts: list[str] = Field(default_factory=list)
@@ -91,6 +123,9 @@ class Settings(BaseSettings):
     image_resolve_overrides: dict[str, str] = Field(default_factory=dict)
 
     models: list[ModelEntry] = Field(default_factory=default_models)
+
+    # Google Veo (docs/providers/google-veo.md): credentials, polling, retries, prices.
+    google: GoogleSettings = Field(default_factory=GoogleSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -112,6 +147,22 @@ class Settings(BaseSettings):
     @classmethod
     def _expand(cls, value: Path | None) -> Path | None:
         return value.expanduser().resolve() if value is not None else None
+
+    @field_validator("webhook_retry_schedule", mode="after")
+    @classmethod
+    def _positive_delays(cls, value: list[float]) -> list[float]:
+        if any(delay <= 0 for delay in value):
+            raise ValueError("every retry delay must be a positive number of seconds")
+        return value
+
+    @field_validator("webhook_allow_networks", mode="after")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for network in value:
+            ipaddress.ip_network(network, strict=False)  # a ValueError names the bad entry
+        return value
 
     @property
     def resolved_database_url(self) -> str:

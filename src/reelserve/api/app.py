@@ -18,10 +18,22 @@ import reelserve
 from reelserve.api import errors
 from reelserve.api.fastpath import TaskStatusFastPath
 from reelserve.api.middleware import BodyLimitMiddleware, MetricsMiddleware
-from reelserve.api.routes import files, generations, health, models, tasks
+from reelserve.api.routes import (
+    events,
+    files,
+    generations,
+    health,
+    models,
+    openai_videos,
+    playground,
+    tasks,
+    usage,
+    webhooks,
+)
 from reelserve.metrics import Metrics
 from reelserve.service import Reelserve
 from reelserve.settings import Settings
+from reelserve.watch import TaskWatcher
 from reelserve.worker.runner import Worker
 
 GENERATION_REQUEST_SCHEMA: dict[str, Any] = {
@@ -60,6 +72,8 @@ def create_app(settings: Settings | None = None, *, run_worker: bool | None = No
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         service = await Reelserve.open(settings, metrics=metrics)
         app.state.reelserve = service
+        watcher = TaskWatcher(service, interval=settings.events_poll_interval, metrics=metrics)
+        app.state.task_watcher = watcher
         stop = asyncio.Event()
         worker_task: asyncio.Task[None] | None = None
         if start_worker:
@@ -71,6 +85,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool | None = No
             yield
         finally:
             stop.set()
+            await watcher.close()
             if worker_task is not None:
                 await worker_task
             await service.close()
@@ -84,8 +99,10 @@ def create_app(settings: Settings | None = None, *, run_worker: bool | None = No
         redoc_url=None,
     )
     errors.install(app)
-    for module in (generations, tasks, files, models, health):
+    for module in (generations, tasks, events, files, models, health, playground, webhooks):
         app.include_router(module.router)
+    app.include_router(openai_videos.router)  # after generations: /v1/videos/{id} is a pattern
+    app.include_router(usage.router)
 
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)

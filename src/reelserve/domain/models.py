@@ -61,6 +61,9 @@ class ModelEntry(BaseModel):
     resolution_durations: dict[str, list[int]] = Field(default_factory=dict)
     audio: bool = True
     fps: int = 24
+    # The pixel size (landscape width, height; 9:16 swaps them) a model renders a resolution at,
+    # where it differs from the resolution's standard size (local models render smaller).
+    sizes: dict[str, tuple[int, int]] = Field(default_factory=dict)
     max_sample_count: int = 4
     estimated_time: int = Field(60, description="expected seconds from start to finish")
     options: dict[str, Any] = Field(default_factory=dict, description="provider options")
@@ -80,9 +83,15 @@ class ModelEntry(BaseModel):
             "aspect_ratios": list(self.aspect_ratios),
             "audio": self.audio,
             "fps": self.fps,
+            "sizes": {r: list(self.render_size(r)) for r in self.resolutions},
             "max_sample_count": self.max_sample_count,
             "estimated_time": self.estimated_time,
         }
+
+    def render_size(self, resolution: str, aspect_ratio: str = "16:9") -> tuple[int, int]:
+        """(width, height) of the video this model renders for a resolution and aspect ratio."""
+        width, height = self.sizes.get(resolution) or RESOLUTION_SIZES[resolution]
+        return (height, width) if aspect_ratio == "9:16" else (width, height)
 
 
 def default_models() -> list[ModelEntry]:
@@ -100,7 +109,11 @@ def default_models() -> list[ModelEntry]:
             provider="google_veo",
             description="Google Veo 3.1 Fast",
             estimated_time=60,
-            options={"upstream_model": "veo-3.1-fast-generate-preview"},
+            # Model ids on the Gemini API and on Vertex AI (docs/providers/google-veo.md).
+            options={
+                "upstream_model": "veo-3.1-fast-generate-preview",
+                "vertex_model": "veo-3.1-fast-generate-001",
+            },
             **veo_limits,
         ),
         ModelEntry(
@@ -108,7 +121,10 @@ def default_models() -> list[ModelEntry]:
             provider="google_veo",
             description="Google Veo 3.1",
             estimated_time=120,
-            options={"upstream_model": "veo-3.1-generate-preview"},
+            options={
+                "upstream_model": "veo-3.1-generate-preview",
+                "vertex_model": "veo-3.1-generate-001",
+            },
             **veo_limits,
         ),
         ModelEntry(

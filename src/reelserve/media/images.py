@@ -101,6 +101,11 @@ class ImageInputError(Exception):
         self.param = param
 
 
+class AddressRefused(ImageInputError):
+    """The host resolves to an address the policy does not allow: a permanent refusal, unlike a
+    failed lookup or connection (webhook delivery retries those, never this)."""
+
+
 @dataclass(frozen=True)
 class FetchPolicy:
     """What image fetching may reach and how much it may take. Build one from settings.
@@ -345,7 +350,7 @@ def _where(param: str, host: str, *, redirect: bool) -> str:
 
 def _refusal(where: str, label: str, shown: str | None, param: str) -> ImageInputError:
     detail = f" ({shown})" if shown else ""
-    return ImageInputError(
+    return AddressRefused(
         f"{where} resolves to {_article(label)} {label} address{detail}, which is not allowed",
         param,
     )

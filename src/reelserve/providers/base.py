@@ -43,6 +43,19 @@ class TaskCancelled(Exception):
     """Raised inside a provider when the client cancelled the task; the worker records it."""
 
 
+@dataclass(frozen=True)
+class Usage:
+    """What a finished task cost upstream, for usage accounting (`GET /v1/usage`).
+
+    A provider that pays an upstream offers `usage(spec, state, videos) -> Usage` (`state` is
+    its last checkpoint); local providers have none and cost 0.
+    """
+
+    cost: float = 0.0
+    currency: str = "USD"
+    credential: str | None = None
+
+
 class ProviderError(Exception):
     """A failure with a stable error code. `retryable` failures are tried again by the worker."""
 

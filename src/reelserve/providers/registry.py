@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from reelserve.domain.models import ModelEntry
 from reelserve.providers.base import Provider
 from reelserve.providers.sandbox import SandboxProvider
 from reelserve.settings import Settings
@@ -23,7 +24,41 @@ _HOW_TO_CONFIGURE = {
 def build_providers(settings: Settings) -> dict[str, Provider]:
     """The providers that are installed and configured here, by name."""
     providers: dict[str, Provider] = {SANDBOX: SandboxProvider()}
+    local = [m for m in settings.models if m.provider == "diffusers"]
+    if local:
+        # Validated even where torch is missing, so every host shows the same capabilities.
+        from reelserve.providers.diffusers_options import prepare_local_models
+
+        models = prepare_local_models(local)
+        if _local_runtime_installed():
+            from reelserve.providers.diffusers import DiffusersProvider
+
+            providers["diffusers"] = DiffusersProvider(models, device=settings.device)
+    if settings.google.configured:
+        from reelserve.providers.google_veo import GoogleVeoProvider
+
+        providers["google_veo"] = GoogleVeoProvider(settings.google, settings.model_map())
     return providers
+
+
+def fit_models(
+    models: dict[str, ModelEntry], providers: dict[str, Provider]
+) -> dict[str, ModelEntry]:
+    """Each model's capability table as its configured provider can serve it (a provider may
+    narrow it, e.g. Veo without a Gemini API key has no 4K), so that `GET /v1/models` and the
+    submit checks both say what the upstream will accept."""
+    fitted: dict[str, ModelEntry] = {}
+    for model_id, entry in models.items():
+        fit = getattr(providers.get(entry.provider), "fit_model", None)
+        fitted[model_id] = fit(entry) if fit is not None else entry
+    return fitted
+
+
+def _local_runtime_installed() -> bool:
+    """torch and diffusers are importable (checked without importing them: that takes seconds)."""
+    from importlib.util import find_spec
+
+    return all(find_spec(name) is not None for name in ("torch", "diffusers", "transformers"))
 
 
 def not_configured_message(provider: str) -> str:

@@ -56,8 +56,11 @@ class KeyStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
 
-    async def create(self, mode: KeyMode, name: str = "") -> tuple[ApiKey, str]:
-        """Mint a key; the secret is returned once and never stored in clear."""
+    async def create(
+        self, mode: KeyMode, name: str = "", *, webhook_secret: str | None = None
+    ) -> tuple[ApiKey, str]:
+        """Mint a key; the secret is returned once and never stored in clear.
+        `webhook_secret` is the key's webhook signing secret, already sealed (store/webhooks)."""
         if mode not in ("live", "test"):
             raise ValueError(f"key mode must be live or test, not {mode!r}")
         secret = f"rs_{mode}_{secrets.token_urlsafe(24)}"
@@ -78,6 +81,7 @@ class KeyStore:
                     prefix=record.prefix,
                     secret_hash=hash_secret(secret),
                     created_at=record.created_at,
+                    webhook_secret=webhook_secret,
                 )
             )
         return record, secret

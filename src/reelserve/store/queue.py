@@ -12,7 +12,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Collection
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -169,9 +169,11 @@ class TaskQueue:
         estimated_time: int,
         idempotency_key: str | None = None,
         request_hash: str | None = None,
+        also_insert: Sequence[sa.Insert] = (),
     ) -> tuple[TaskRecord, bool]:
         """Queue a task. Returns (task, created); with an Idempotency-Key seen in the last 24 h
-        for this API key the earlier task comes back with created=False."""
+        for this API key the earlier task comes back with created=False. `also_insert` runs in
+        the task's own transaction, only when the task is created (its webhook delivery)."""
         now = time.time()
         values: dict[str, Any] = {
             "id": task_id,
@@ -216,6 +218,8 @@ class TaskQueue:
             try:
                 async with self.engine.begin() as conn:
                     await conn.execute(tasks.insert().values(**values))
+                    for statement in also_insert:
+                        await conn.execute(statement)
                     if self.is_postgres:
                         # Delivered at commit: workers listening wake at once.
                         await conn.execute(
@@ -337,6 +341,18 @@ class TaskQueue:
         if task is None:
             return CancelOutcome.NOT_FOUND, None
         return outcome, task
+
+    async def delete_finished(self, task_id: str, api_key_id: str) -> bool:
+        """Delete a finished task's row (its owner deleted it; its files are already gone)."""
+        async with self.engine.begin() as conn:
+            done = await conn.execute(
+                tasks.delete().where(
+                    tasks.c.id == task_id,
+                    tasks.c.api_key_id == api_key_id,
+                    tasks.c.status.in_([COMPLETED, FAILED, CANCELLED]),
+                )
+            )
+        return bool(done.rowcount)
 
     # -- worker side -------------------------------------------------------------------------
 

@@ -16,6 +16,8 @@ api_keys = sa.Table(
     sa.Column("secret_hash", sa.String(64), nullable=False, unique=True),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("revoked_at", sa.Float, nullable=True),
+    # The Standard Webhooks signing secret, sealed with the server's secret (store/webhooks.py).
+    sa.Column("webhook_secret", sa.Text, nullable=True),
 )
 
 tasks = sa.Table(
@@ -48,4 +50,59 @@ tasks = sa.Table(
     sa.Index("ix_tasks_retention", "finished_at"),
     sa.Index("ix_tasks_owner", "api_key_id", "id"),
     sa.Index("ux_tasks_idempotency", "api_key_id", "idempotency_key", unique=True),
+)
+
+# One row per finished task that produced video: what it cost, for `GET /v1/usage`.
+usage = sa.Table(
+    "usage",
+    metadata,
+    sa.Column("task_id", sa.String(40), primary_key=True),
+    sa.Column("api_key_id", sa.String(40), nullable=False),
+    sa.Column("model", sa.String(200), nullable=False),
+    sa.Column("provider", sa.String(64), nullable=False),
+    sa.Column("videos", sa.Integer, nullable=False),
+    sa.Column("video_seconds", sa.Float, nullable=False),
+    sa.Column("has_audio", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("cost", sa.Float, nullable=False, server_default="0"),
+    sa.Column("currency", sa.String(8), nullable=False, server_default="USD"),
+    sa.Column("credential", sa.String(200), nullable=True),
+    sa.Column("recorded_at", sa.Float, nullable=False),
+    sa.Index("ix_usage_key_time", "api_key_id", "recorded_at"),
+)
+
+# One row per task submitted with a webhook_url: its final-state notification (store/webhooks.py).
+webhook_deliveries = sa.Table(
+    "webhook_deliveries",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),  # msg_<ulid>: the webhook-id header
+    sa.Column("task_id", sa.String(40), nullable=False, unique=True),
+    sa.Column("api_key_id", sa.String(40), nullable=False),
+    sa.Column("url", sa.Text, nullable=False),
+    sa.Column("base_url", sa.Text, nullable=False),
+    # waiting (task not finished) | pending | delivered | failed (gave up) | refused
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("event", sa.String(32), nullable=True),
+    sa.Column("payload", sa.Text, nullable=True),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("next_attempt_at", sa.Float, nullable=True),
+    sa.Column("lease_owner", sa.String(80), nullable=True),
+    sa.Column("lease_expires_at", sa.Float, nullable=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Column("finished_at", sa.Float, nullable=True),
+    sa.Index("ix_webhook_deliveries_due", "state", "next_attempt_at"),
+)
+
+webhook_attempts = sa.Table(
+    "webhook_attempts",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("delivery_id", sa.String(40), nullable=False),
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("started_at", sa.Float, nullable=False),
+    sa.Column("duration", sa.Float, nullable=False),
+    sa.Column("status_code", sa.Integer, nullable=True),
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Column("outcome", sa.String(16), nullable=False),  # delivered | failed | refused
+    sa.UniqueConstraint("delivery_id", "attempt", name="ux_webhook_attempts_number"),
 )

@@ -25,9 +25,11 @@ from typing import Any
 from reelserve.domain.spec import GenerationSpec
 from reelserve.domain.task import ErrorCode
 from reelserve.media.video import probe_video, write_thumbnail
-from reelserve.providers.base import Clip, InputImages, ProviderError, TaskCancelled
+from reelserve.providers.base import Clip, InputImages, ProviderError, TaskCancelled, Usage
 from reelserve.service import Reelserve
 from reelserve.store.queue import TaskRecord
+from reelserve.store.usage import UsageRecord
+from reelserve.worker.webhooks import WebhookDeliverer
 
 log = logging.getLogger("reelserve.worker")
 
@@ -132,6 +134,7 @@ class Worker:
         self._running: dict[str, asyncio.Task[None]] = {}
         self._contexts: dict[str, TaskContext] = {}
         self.completed = 0
+        self.webhooks = WebhookDeliverer(app, name=self.name)
 
     def wake(self) -> None:
         """Claim now instead of after the poll interval (thread-safe within the loop's thread)."""
@@ -141,8 +144,16 @@ class Worker:
         log.info("worker %s started (concurrency %d)", self.name, self.concurrency)
         last_reap = 0.0
         stop_wait = asyncio.create_task(stop.wait())
-        async with self.app.queue.subscribe(self._notified):
-            await self._loop(stop, stop_wait, last_reap)
+        # Every worker also delivers due webhooks, of any task (store/webhooks.py).
+        delivering = asyncio.create_task(self.webhooks.run(stop))
+        try:
+            async with self.app.queue.subscribe(self._notified):
+                await self._loop(stop, stop_wait, last_reap)
+        finally:
+            if not stop.is_set():
+                delivering.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await delivering
         log.info("worker %s stopped", self.name)
 
     def _notified(self, provider: str) -> None:
@@ -256,6 +267,9 @@ class Worker:
             ctx.stop("cancel")
         beat = asyncio.create_task(self._heartbeat(task, token, ctx))
         outcome = "?"
+        claimed_at = time.monotonic()
+        if task.attempts == 1 and task.started_at is not None:
+            self.app.metrics.task_claimed(task.model, task.started_at - task.created_at)
         try:
             provider = self.app.providers.get(task.provider)
             if provider is None:
@@ -270,6 +284,7 @@ class Worker:
             ctx.check_cancelled()
             result = await self._store_results(task, spec, clips)
             ctx.check_cancelled()
+            await self._record_usage(task, spec, provider, ctx, result)
             if await queue.complete(task.id, token, result):
                 outcome = "completed"
                 self.completed += 1
@@ -305,8 +320,12 @@ class Worker:
             with contextlib.suppress(asyncio.CancelledError):
                 await beat
             self._contexts.pop(task.id, None)
+            self.app.metrics.task_attempt_finished(
+                task.model, outcome, time.monotonic() - claimed_at
+            )
             await asyncio.to_thread(shutil.rmtree, workdir, True)
             log.info("task %s %s (attempt %d)", task.id, outcome, task.attempts)
+            self.webhooks.wake()  # a finished task's webhook is due now
 
     def _fresh_workdir(self, task_id: str) -> Path:
         """A scratch directory for this attempt, after removing any left by an earlier,
@@ -357,6 +376,36 @@ class Worker:
         for index, clip in enumerate(clips):
             videos.append(await asyncio.to_thread(_finish, index, clip))
         return {"videos": videos, "expires_at": int(time.time()) + self.settings.result_ttl}
+
+    async def _record_usage(
+        self,
+        task: TaskRecord,
+        spec: GenerationSpec,
+        provider: Any,
+        ctx: TaskContext,
+        result: dict[str, Any],
+    ) -> None:
+        """The task's usage row, written just before it is marked completed (store/usage.py
+        counts completed tasks only). A failed write is logged, never fails a finished video."""
+        videos = result["videos"]
+        cost_of = getattr(provider, "usage", None)
+        usage = cost_of(spec, ctx.resume_state, len(videos)) if cost_of else Usage()
+        row = UsageRecord(
+            task_id=task.id,
+            api_key_id=task.api_key_id,
+            model=task.model,
+            provider=task.provider,
+            videos=len(videos),
+            video_seconds=round(sum(float(v["duration"]) for v in videos), 3),
+            has_audio=any(bool(v["has_audio"]) for v in videos),
+            cost=usage.cost,
+            currency=usage.currency,
+            credential=usage.credential,
+        )
+        try:
+            await self.app.usage.record(row)
+        except Exception:
+            log.exception("task %s: recording its usage failed", task.id)
 
     async def _heartbeat(self, task: TaskRecord, token: str, ctx: TaskContext) -> None:
         interval = min(self.settings.lease_seconds / 3, self.settings.progress_flush_interval)

@@ -47,5 +47,7 @@ async def submit_generation(
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8"
         raise InvalidRequest(f"the request body is not valid JSON ({reason})") from None
-    task = await service.submit(key, body, idempotency_key=idempotency_key)
+    task = await service.submit(
+        key, body, idempotency_key=idempotency_key, base_url=str(request.base_url)
+    )
     return ok([{"status": "submitted", "task_id": task.id}])

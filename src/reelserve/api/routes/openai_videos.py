@@ -1,0 +1,191 @@
+"""The OpenAI-compatible Videos API: `/v1/videos` (create, retrieve, list, delete, content).
+
+HTTP translation only: the request is read here (multipart form, as OpenAI's SDKs send it, or
+JSON), mapped by `domain.openai_compat`, and run by the same service as the native API, so a video
+is a task under its own id. Successes answer OpenAI's bare objects; errors keep reelserve's
+envelope, whose `error` member (`message`, `type`, `param`) is where OpenAI's clients read theirs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from fastapi import APIRouter, Header, Query, Request, Response
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from reelserve.api.auth import Key, Service
+from reelserve.api.routes.files import get_file
+from reelserve.domain import openai_compat as compat
+from reelserve.domain.errors import InvalidRequest, ReelserveError
+from reelserve.domain.spec import MAX_IMAGE_BYTES
+from reelserve.service import Reelserve
+from reelserve.store.queue import TaskRecord
+
+router = APIRouter(tags=["openai-compatible"])
+REFERENCE = "input_reference"
+
+
+def _json(body: dict[str, Any]) -> Response:
+    return Response(
+        json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode(),
+        media_type="application/json",
+    )
+
+
+def _video(task: TaskRecord) -> dict[str, Any]:
+    video = task.result["videos"][0] if task.result and task.result.get("videos") else None
+    return compat.video_object(
+        task_id=task.id,
+        status=task.status.value,
+        progress=task.progress,
+        model=task.model,
+        spec=task.spec,
+        created_at=task.created_at,
+        finished_at=task.finished_at,
+        error_code=task.error_code,
+        error_message=task.error_message,
+        expires_at=int(task.result["expires_at"]) if task.result is not None else None,
+        rendered=(video["width"], video["height"]) if video is not None else None,
+    )
+
+
+async def _read_create(request: Request) -> tuple[dict[str, object], str | None]:
+    """The request's fields and its `input_reference` as a URL (an upload becomes a data URL)."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        form = await request.form()
+        fields: dict[str, object] = {}
+        upload: UploadFile | None = None
+        for name, value in form.multi_items():
+            if name == REFERENCE and isinstance(value, UploadFile):
+                upload = value
+            elif isinstance(value, str):
+                fields[name] = value
+        nested = {
+            sub: fields.pop(f"{REFERENCE}[{sub}]")
+            for sub in ("image_url", "file_id")
+            if f"{REFERENCE}[{sub}]" in fields
+        }
+        if upload is not None:
+            data = await upload.read(MAX_IMAGE_BYTES + 1)
+            if len(data) > MAX_IMAGE_BYTES:
+                raise InvalidRequest(
+                    f"input_reference must be at most {MAX_IMAGE_BYTES // (1024 * 1024)} MB",
+                    param=REFERENCE,
+                )
+            if not data:
+                raise InvalidRequest("input_reference is an empty file", param=REFERENCE)
+            url = await asyncio.to_thread(compat.image_data_url, data, upload.content_type)
+            return fields, url
+        return fields, compat.reference_source(nested or fields.pop(REFERENCE, None))
+    if content_type in ("application/json", ""):
+        raw = await request.body()
+        try:
+            body = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise InvalidRequest(
+                "the request body must be multipart/form-data (as OpenAI's SDKs send it) or a "
+                "JSON object"
+            ) from None
+        if not isinstance(body, dict):
+            raise InvalidRequest("the request body must be a JSON object")
+        return body, compat.reference_source(body.pop(REFERENCE, None))
+    raise InvalidRequest(
+        f"Content-Type must be multipart/form-data or application/json (got {content_type!r})"
+    )
+
+
+def _not_the_submit_route(video_id: str) -> None:
+    """`/v1/videos/generations` is the native submit route (POST only), not a video: other
+    methods on it answer 405, as they did before this router existed."""
+    if video_id == "generations":
+        raise StarletteHTTPException(405, headers={"Allow": "POST"})
+
+
+@contextlib.contextmanager
+def _openai_names() -> Iterator[None]:
+    """Errors of the shared service, named as the OpenAI client sent them."""
+    try:
+        yield
+    except ReelserveError as exc:
+        raise compat.openai_error(exc) from None
+
+
+def _submit_body(
+    service: Reelserve, fields: Mapping[str, object], reference: str | None
+) -> dict[str, Any]:
+    return compat.generation_body(
+        fields,
+        reference=reference,
+        models=service.models,
+        aliases=service.settings.openai_models,
+        default_model=service.settings.openai_default_model,
+    )
+
+
+@router.post("/v1/videos", summary="Create a video (OpenAI-compatible)")
+async def create_video(
+    request: Request,
+    key: Key,
+    service: Service,
+    idempotency_key: str | None = Header(None, alias="Idempotency-Key"),
+) -> Response:
+    fields, reference = await _read_create(request)
+    body = _submit_body(service, fields, reference)
+    with _openai_names():
+        task = await service.submit(
+            key, body, idempotency_key=idempotency_key, base_url=str(request.base_url)
+        )
+    return _json(_video(task))
+
+
+@router.get("/v1/videos", summary="List videos, newest first (OpenAI-compatible)")
+async def list_videos(
+    key: Key,
+    service: Service,
+    limit: int = Query(20),
+    after: str | None = Query(None, description="the last id of the previous page"),
+    order: str | None = Query(None, description="only desc (newest first)"),
+) -> Response:
+    compat.check_list_query(limit, order)
+    rows, has_more = await service.list_tasks(
+        key, status=None, model=None, limit=limit, after=after
+    )
+    return _json(compat.list_object([_video(t) for t in rows], has_more))
+
+
+@router.get("/v1/videos/{video_id}", summary="Retrieve a video (OpenAI-compatible)")
+async def retrieve_video(video_id: str, key: Key, service: Service) -> Response:
+    _not_the_submit_route(video_id)
+    with _openai_names():
+        task = await service.get_task(key, video_id)
+    return _json(_video(task))
+
+
+@router.delete("/v1/videos/{video_id}", summary="Delete a video and its files (OpenAI-compatible)")
+async def delete_video(video_id: str, key: Key, service: Service) -> Response:
+    _not_the_submit_route(video_id)
+    with _openai_names():
+        task = await service.delete_task(key, video_id)
+    return _json({"id": task.id, "object": "video.deleted", "deleted": True})
+
+
+@router.head("/v1/videos/{video_id}/content", include_in_schema=False)
+@router.get("/v1/videos/{video_id}/content", summary="Download a video's MP4 or thumbnail")
+async def video_content(
+    video_id: str,
+    request: Request,
+    key: Key,
+    service: Service,
+    variant: str | None = Query(None, description="video (MP4, default) or thumbnail (JPEG)"),
+) -> Response:
+    chosen = compat.check_variant(variant)
+    with _openai_names():
+        task = await service.get_task(key, video_id)
+        token = service.result_file_token(task, chosen)
+    return await get_file(token, request, service)

@@ -1,0 +1,18 @@
+"""GET /v1/tasks/{task_id}/webhooks: a task's webhook deliveries and their attempts."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+
+from reelserve.api.auth import Key, Service
+from reelserve.api.errors import ok
+
+router = APIRouter(tags=["webhooks"])
+
+
+@router.get(
+    "/v1/tasks/{task_id}/webhooks",
+    summary="List a task's webhook deliveries and their attempts",
+)
+async def task_webhooks(task_id: str, key: Key, service: Service) -> Response:
+    return ok(await service.task_webhooks(key, task_id))

@@ -1,0 +1,301 @@
+"""Webhook delivery: the loop every worker runs beside its task loop.
+
+It claims due deliveries from the store (`store/webhooks.py`) with a lease, POSTs the task's final
+view to the target, signed the Standard Webhooks way, and records every attempt:
+
+* Signature: `webhook-signature: v1,<base64 HMAC-SHA256>` of `{id}.{timestamp}.{body}` with the
+  API key's `whsec_` secret; `webhook-id` is the delivery's id, the same on every retry;
+  `webhook-timestamp` is the Unix time of this attempt.
+* Body: exactly what `GET /v1/tasks/{id}` answers for the finished task, frozen at the first
+  attempt so every retry sends the same bytes.
+* Addresses: checked again at every attempt with the image fetcher's SSRF rules
+  (`media.images`): resolved by us, every address public unless the operator allowed it, and the
+  connection made to the checked address (no DNS rebinding), no proxies, no redirects followed. A
+  refused address is recorded and never retried; a failed lookup is retried like any failure.
+* Retries: a non-2xx answer, a timeout or a connection failure is retried after each delay of
+  `webhook_retry_schedule` in turn (randomised by +-20%), then the delivery is given up (`failed`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import dataclasses
+import hashlib
+import hmac
+import json
+import logging
+import random
+import secrets
+import time
+from asyncio import FIRST_COMPLETED
+from dataclasses import dataclass
+
+import httpx
+
+from reelserve import __version__
+from reelserve.media.images import (
+    AddressRefused,
+    FetchPolicy,
+    ImageInputError,
+    _check_url,
+    _default_ssl_context,
+    _parse_http_url,
+    _Target,
+)
+from reelserve.service import Reelserve
+from reelserve.store.webhooks import (
+    AttemptOutcome,
+    Delivery,
+    DeliveryState,
+    SecretUnavailable,
+    secret_bytes,
+)
+
+log = logging.getLogger("reelserve.webhooks")
+
+JITTER = 0.2
+USER_AGENT = f"reelserve/{__version__} (webhooks)"
+MAX_ERROR_CHARS = 500
+
+
+def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
+    """The Standard Webhooks `webhook-signature` value for one attempt."""
+    signed = f"{msg_id}.{timestamp}.".encode() + body
+    mac = hmac.new(secret_bytes(secret), signed, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(mac).decode()
+
+
+def retry_delay(schedule: list[float], failures: int) -> float | None:
+    """Seconds before the next attempt after `failures` failed ones; None once the schedule is
+    spent. Randomised by +-JITTER, so receivers coming back up are not hit all at once."""
+    if failures > len(schedule):
+        return None
+    return schedule[failures - 1] * random.uniform(1 - JITTER, 1 + JITTER)
+
+
+@dataclass(frozen=True)
+class AttemptResult:
+    outcome: AttemptOutcome
+    status_code: int | None = None
+    error: str | None = None
+
+
+class WebhookDeliverer:
+    def __init__(self, app: Reelserve, *, name: str) -> None:
+        self.app = app
+        self.settings = app.settings
+        self.name = name
+        self.concurrency = self.settings.webhook_concurrency
+        self._wake = asyncio.Event()
+        self._running: set[asyncio.Task[None]] = set()
+
+    @property
+    def lease_seconds(self) -> float:
+        """Long enough for one whole attempt (DNS, connect, send, answer) and its bookkeeping."""
+        return self.settings.webhook_timeout + self.settings.lease_seconds
+
+    def wake(self) -> None:
+        """Look for due deliveries now (a task of this process has just finished)."""
+        self._wake.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        try:
+            while not stop.is_set():
+                claimed = False
+                if len(self._running) < self.concurrency:
+                    try:
+                        claimed = await self._claim_one()
+                    except Exception:
+                        log.exception("claiming a webhook delivery failed; retrying")
+                if claimed:
+                    continue
+                self._wake.clear()
+                signals = [
+                    asyncio.ensure_future(stop.wait()),
+                    asyncio.ensure_future(self._wake.wait()),
+                ]
+                # Wake on stop, on wake(), when a delivery finishes (a slot frees) or to poll.
+                await asyncio.wait(
+                    [*signals, *self._running],
+                    timeout=self.settings.poll_interval,
+                    return_when=FIRST_COMPLETED,
+                )
+                for fut in signals:
+                    fut.cancel()
+        finally:
+            await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        """Let attempts in flight finish (each is bounded by the timeout), then cancel the rest;
+        a cancelled attempt hands its lease back, so another worker retries it at once."""
+        if not self._running:
+            return
+        _, pending = await asyncio.wait(
+            list(self._running), timeout=self.settings.webhook_timeout + 1
+        )
+        for job in pending:
+            job.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=5)
+
+    async def _claim_one(self) -> bool:
+        store = self.app.webhooks
+        if not await store.has_due():
+            return False
+        token = f"{self.name}:{secrets.token_hex(4)}"
+        delivery = await store.claim(token, lease_seconds=self.lease_seconds)
+        if delivery is None:
+            return False
+        job = asyncio.create_task(self._deliver(delivery, token))
+        self._running.add(job)
+        job.add_done_callback(self._running.discard)
+        return True
+
+    async def _deliver(self, delivery: Delivery, token: str) -> None:
+        store = self.app.webhooks
+        try:
+            if delivery.payload is None:
+                prepared = await self._prepare(delivery, token)
+                if prepared is None:
+                    return
+                delivery = prepared
+            assert delivery.payload is not None
+            started = time.time()
+            clock = time.monotonic()
+            result = await self.attempt(delivery, delivery.payload.encode())
+            duration = time.monotonic() - clock
+            state, next_at = self._next_state(delivery, result)
+            recorded = await store.record_attempt(
+                delivery,
+                token,
+                started_at=started,
+                duration=duration,
+                status_code=result.status_code,
+                error=result.error,
+                outcome=result.outcome,
+                state=state,
+                next_attempt_at=next_at,
+            )
+            log.info(
+                "webhook %s for %s attempt %d: %s%s",
+                delivery.id,
+                delivery.task_id,
+                delivery.attempts + 1,
+                result.status_code or result.error,
+                "" if recorded else " (lease lost; not recorded)",
+            )
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(store.release(delivery.id, token))
+            raise
+        except Exception:
+            log.exception("webhook %s: delivery failed with an internal error", delivery.id)
+            with contextlib.suppress(Exception):
+                await store.release(delivery.id, token)
+
+    async def _prepare(self, delivery: Delivery, token: str) -> Delivery | None:
+        """Build the body from the finished task (first attempt) and freeze it."""
+        task = await self.app.queue.get(delivery.task_id)
+        if task is None:  # deleted by its owner before the first attempt
+            await self.app.webhooks.drop(delivery.id, token)
+            return None
+        view = await self.app.task_view(task, delivery.base_url)
+        payload = json.dumps({"code": 200, "data": view}, separators=(",", ":"), ensure_ascii=False)
+        event = f"task.{task.status.value}"
+        if not await self.app.webhooks.save_payload(delivery.id, token, event, payload):
+            return None  # the lease was lost meanwhile
+        return dataclasses.replace(
+            delivery, payload=payload, event=event, state=DeliveryState.PENDING
+        )
+
+    def _next_state(
+        self, delivery: Delivery, result: AttemptResult
+    ) -> tuple[DeliveryState, float | None]:
+        if result.outcome is AttemptOutcome.DELIVERED:
+            return DeliveryState.DELIVERED, None
+        if result.outcome is AttemptOutcome.REFUSED:
+            return DeliveryState.REFUSED, None
+        delay = retry_delay(self.settings.webhook_retry_schedule, delivery.attempts + 1)
+        if delay is None:
+            return DeliveryState.FAILED, None
+        return DeliveryState.PENDING, time.time() + delay
+
+    async def attempt(self, delivery: Delivery, body: bytes) -> AttemptResult:
+        """One signed POST of `body`, under `webhook_timeout` in all (DNS included)."""
+        try:
+            secret = await self.app.webhooks.secret(delivery.api_key_id)
+        except SecretUnavailable as exc:
+            return AttemptResult(AttemptOutcome.FAILED, error=str(exc))
+        timestamp = int(time.time())
+        headers = {
+            "content-type": "application/json",
+            "user-agent": USER_AGENT,
+            "webhook-id": delivery.id,
+            "webhook-timestamp": str(timestamp),
+            "webhook-signature": sign(secret, delivery.id, timestamp, body),
+        }
+        policy = self.app.webhook_policy()
+        timeout = self.settings.webhook_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                url = _parse_http_url(delivery.url, "webhook_url", policy, redirect=False)
+                target = await _check_url(url, "webhook_url", policy, hop=0)
+                status = await _post(target, body, headers, policy)
+        except TimeoutError:
+            return AttemptResult(AttemptOutcome.FAILED, error=f"timed out after {timeout:g} s")
+        except AddressRefused as exc:
+            return AttemptResult(AttemptOutcome.REFUSED, error=exc.message)
+        except ImageInputError as exc:
+            return AttemptResult(AttemptOutcome.FAILED, error=exc.message)
+        except httpx.HTTPError as exc:
+            return AttemptResult(AttemptOutcome.FAILED, error=_describe(exc))
+        if 200 <= status < 300:
+            return AttemptResult(AttemptOutcome.DELIVERED, status_code=status)
+        return AttemptResult(AttemptOutcome.FAILED, status_code=status)
+
+
+async def _post(target: _Target, body: bytes, headers: dict[str, str], policy: FetchPolicy) -> int:
+    """POST to the target's checked addresses in turn (the first that accepts a connection);
+    the answer's status code. Redirects are answers like any other: not followed."""
+    failure: httpx.HTTPError | None = None
+    for address in target.addresses:
+        request_url = target.url.copy_with(host=str(address), fragment=None)
+        extensions: dict[str, object] = {"timeout": httpx.Timeout(policy.total_timeout).as_dict()}
+        if target.scheme == "https" and not target.is_literal:
+            extensions["sni_hostname"] = target.host
+        transport = httpx.AsyncHTTPTransport(
+            verify=policy.ssl_context or _default_ssl_context(),
+            trust_env=False,
+            retries=0,
+            limits=httpx.Limits(max_connections=1, max_keepalive_connections=0),
+        )
+        request = httpx.Request(
+            "POST",
+            request_url,
+            headers={"host": target.host_header, **headers},
+            content=body,
+            extensions=extensions,
+        )
+        try:
+            async with transport:
+                response = await transport.handle_async_request(request)
+                await response.aclose()
+                return response.status_code
+        except httpx.ConnectError as exc:
+            failure = exc
+            continue
+    raise failure or httpx.ConnectError("no address to connect to")
+
+
+def _describe(exc: httpx.HTTPError) -> str:
+    if isinstance(exc, httpx.TimeoutException):
+        return "timed out"
+    text = str(exc).strip()
+    if isinstance(exc, httpx.ConnectError):
+        if "certificate" in text.lower():
+            return "could not connect: the TLS certificate could not be verified"
+        return "could not connect"
+    detail = f": {text}" if text else ""
+    return f"{type(exc).__name__}{detail}"[:MAX_ERROR_CHARS]

@@ -1,0 +1,1 @@
+"""Local stand-ins for upstream services, following their documented wire formats."""

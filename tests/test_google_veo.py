@@ -152,6 +152,8 @@ def test_text_to_video_every_parameter_arrives_upstream(
     assert (video["width"], video["height"]) == (144, 256)  # the fake's portrait size
     assert video["has_audio"] is True
     assert video["fps"] == 24
+    # No seed reached Google, so the result claims none (a number would not reproduce it).
+    assert video["seed"] is None
     data = fetch(client, video["url"][0])
     assert data[4:8] == b"ftyp"
     assert fetch(client, video["thumbnail_url"])[:2] == b"\xff\xd8"
@@ -536,6 +538,38 @@ def test_worker_killed_while_polling_is_resumed_without_a_second_submit(
     assert_pinned(fake)
     assert _task_row(data, task_id)["attempts"] == 2
     assert "resuming operation" in (tmp_path / "w2.log").read_text()
+
+
+def test_api_host_without_google_credentials_queues_for_remote_pollers(
+    gemini_fake: FakeGoogle, tmp_path: Path
+) -> None:
+    """Only the poller workers hold the Google key: the API process, told that google_veo runs
+    elsewhere (`remote_providers`), queues live-key Veo tasks and a worker process runs them."""
+    gemini_fake.reset()
+    data = tmp_path / "data"
+    worker = None
+    refusing = LiveServer(make_settings(tmp_path / "other"), run_worker=False).start()
+    try:
+        with refusing.client(refusing.mint("live")) as c:
+            answer = c.post("/v1/videos/generations", json={"model": FAST, "prompt": "x"})
+            assert answer.status_code == 400 and answer.json()["error"]["param"] == "model"
+    finally:
+        refusing.stop()
+    live = LiveServer(
+        make_settings(data, remote_providers=["google_veo"]), run_worker=False
+    ).start()
+    try:
+        assert "google_veo" not in live.app.state.reelserve.providers
+        with live.client(live.mint("live")) as c:
+            task_id = submit(c, {"model": FAST, "prompt": "queued for a poller", "duration": 4})
+            assert c.get(f"/v1/tasks/{task_id}").json()["data"]["status"] == "pending"
+            worker = _worker(data, gemini_fake, tmp_path / "w.log")
+            final = wait_task(c, task_id, timeout=90)
+            assert final["status"] == "completed", (final, (tmp_path / "w.log").read_text())
+    finally:
+        _stop(worker)
+        live.stop()
+    assert len(gemini_fake.submits()) == 1
 
 
 def test_worker_killed_mid_submit_fails_clearly_instead_of_paying_twice(

@@ -89,7 +89,7 @@ def _quickstart(base: str, secret: str) -> str:
         }
     )
     return (
-        f"reelserve is serving on {base} (API docs: {base}/docs)\n"
+        f"reelserve is serving on {base} (playground: {base}/, API docs: {base}/docs)\n"
         f"A test key (runs every model on the offline sandbox) was minted for you:\n\n"
         f"  export REELSERVE_KEY={secret}\n"
         f'  curl -s {base}/v1/videos/generations -H "Authorization: Bearer $REELSERVE_KEY" '

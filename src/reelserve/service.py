@@ -134,10 +134,12 @@ class Reelserve:
     # -- tasks ---------------------------------------------------------------------------------
 
     def provider_for(self, key: ApiKey, entry: ModelEntry) -> str:
-        """Test keys run every model on the sandbox; live keys run the model's own provider."""
+        """Test keys run every model on the sandbox; live keys run the model's own provider, if
+        this process can run it or the operator said workers elsewhere do (`remote_providers`)."""
         if key.is_test:
             return SANDBOX
-        if entry.provider not in self.providers:
+        runnable = entry.provider in self.providers
+        if not runnable and entry.provider not in self.settings.remote_providers:
             raise InvalidRequest(
                 f'model "{entry.id}" cannot run for this live key: '
                 f"{not_configured_message(entry.provider)}; or use a test key to run it on "

@@ -76,6 +76,12 @@ class Settings(BaseSettings):
 
     # Worker
     in_process_worker: bool = True
+    remote_providers: list[str] = Field(
+        default_factory=list,
+        description="providers whose tasks this API process queues for live keys although it "
+        "cannot run them itself: their workers run on other hosts (e.g. diffusers on GPU hosts, "
+        "google_veo where only the pollers hold the Google credentials)",
+    )
     worker_concurrency: int = Field(2, ge=1)
     lease_seconds: float = Field(30.0, gt=0)
     poll_interval: float = Field(0.5, gt=0)

@@ -22,10 +22,14 @@ Frame = NDArray[np.uint8]
 
 @dataclass(frozen=True)
 class Clip:
-    """One finished sample: an H.264 MP4 on local disk (in the attempt's work directory)."""
+    """One finished sample: an H.264 MP4 on local disk (in the attempt's work directory).
+
+    `seed` is the seed that produced this sample, or None where the provider could not apply
+    one (the Gemini API takes no seed): the task result then says `"seed": null` rather than
+    a number that would not reproduce the video."""
 
     path: Path
-    seed: int | None = None
+    seed: int | None
 
 
 @dataclass(frozen=True)

@@ -368,7 +368,7 @@ class Worker:
                 "height": info.height,
                 "fps": round(info.fps, 3),
                 "has_audio": info.has_audio,
-                "seed": clip.seed if clip.seed is not None else spec.sample_seed(index),
+                "seed": clip.seed,
                 "size_bytes": size,
             }
 

@@ -8,8 +8,8 @@ view to the target, signed the Standard Webhooks way, and records every attempt:
   `webhook-timestamp` is the Unix time of this attempt.
 * Body: exactly what `GET /v1/tasks/{id}` answers for the finished task, frozen at the first
   attempt so every retry sends the same bytes.
-* Addresses: checked again at every attempt with the image fetcher's SSRF rules
-  (`media.images`): resolved by us, every address public unless the operator allowed it, and the
+* Addresses: checked again at every attempt with the SSRF guard the image fetcher uses too
+  (`media.netguard`): resolved by us, every address public unless the operator allowed it, and the
   connection made to the checked address (no DNS rebinding), no proxies, no redirects followed. A
   refused address is recorded and never retried; a failed lookup is retried like any failure.
 * Retries: a non-2xx answer, a timeout or a connection failure is retried after each delay of
@@ -35,14 +35,14 @@ from dataclasses import dataclass
 import httpx
 
 from reelserve import __version__
-from reelserve.media.images import (
+from reelserve.media.netguard import (
     AddressRefused,
     FetchPolicy,
-    ImageInputError,
-    _check_url,
-    _default_ssl_context,
-    _parse_http_url,
-    _Target,
+    OutboundError,
+    Target,
+    check_url,
+    parse_http_url,
+    pinned_request,
 )
 from reelserve.service import Reelserve
 from reelserve.store.webhooks import (
@@ -240,14 +240,14 @@ class WebhookDeliverer:
         timeout = self.settings.webhook_timeout
         try:
             async with asyncio.timeout(timeout):
-                url = _parse_http_url(delivery.url, "webhook_url", policy, redirect=False)
-                target = await _check_url(url, "webhook_url", policy, hop=0)
+                url = parse_http_url(delivery.url, "webhook_url", policy, redirect=False)
+                target = await check_url(url, "webhook_url", policy, hop=0)
                 status = await _post(target, body, headers, policy)
         except TimeoutError:
             return AttemptResult(AttemptOutcome.FAILED, error=f"timed out after {timeout:g} s")
         except AddressRefused as exc:
             return AttemptResult(AttemptOutcome.REFUSED, error=exc.message)
-        except ImageInputError as exc:
+        except OutboundError as exc:
             return AttemptResult(AttemptOutcome.FAILED, error=exc.message)
         except httpx.HTTPError as exc:
             return AttemptResult(AttemptOutcome.FAILED, error=_describe(exc))
@@ -256,32 +256,15 @@ class WebhookDeliverer:
         return AttemptResult(AttemptOutcome.FAILED, status_code=status)
 
 
-async def _post(target: _Target, body: bytes, headers: dict[str, str], policy: FetchPolicy) -> int:
+async def _post(target: Target, body: bytes, headers: dict[str, str], policy: FetchPolicy) -> int:
     """POST to the target's checked addresses in turn (the first that accepts a connection);
     the answer's status code. Redirects are answers like any other: not followed."""
     failure: httpx.HTTPError | None = None
     for address in target.addresses:
-        request_url = target.url.copy_with(host=str(address), fragment=None)
-        extensions: dict[str, object] = {"timeout": httpx.Timeout(policy.total_timeout).as_dict()}
-        if target.scheme == "https" and not target.is_literal:
-            extensions["sni_hostname"] = target.host
-        transport = httpx.AsyncHTTPTransport(
-            verify=policy.ssl_context or _default_ssl_context(),
-            trust_env=False,
-            retries=0,
-            limits=httpx.Limits(max_connections=1, max_keepalive_connections=0),
-        )
-        request = httpx.Request(
-            "POST",
-            request_url,
-            headers={"host": target.host_header, **headers},
-            content=body,
-            extensions=extensions,
-        )
         try:
-            async with transport:
-                response = await transport.handle_async_request(request)
-                await response.aclose()
+            async with pinned_request(
+                "POST", target, address, policy, headers=headers, content=body
+            ) as response:
                 return response.status_code
         except httpx.ConnectError as exc:
             failure = exc

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import weakref
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +40,28 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
 
         return engine
     return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+
+
+_WRITE_LOCKS: weakref.WeakKeyDictionary[sa.Engine, asyncio.Lock] = weakref.WeakKeyDictionary()
+
+
+@contextlib.asynccontextmanager
+async def begin_write(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A write transaction. On SQLite, the writers of one process take turns on an asyncio lock
+    before asking SQLite for its write lock: SQLite admits one writer at a time, and writers that
+    find it taken wait in its busy handler, which sleeps in growing steps (up to 100 ms) instead
+    of waking when the lock frees, so a burst of concurrent submits would see long tail
+    latencies. Writers of other processes still meet in the busy handler. PostgreSQL takes row
+    locks and needs no such turn-taking."""
+    if engine.dialect.name != "sqlite":
+        async with engine.begin() as conn:
+            yield conn
+        return
+    lock = _WRITE_LOCKS.get(engine.sync_engine)
+    if lock is None:
+        lock = _WRITE_LOCKS.setdefault(engine.sync_engine, asyncio.Lock())
+    async with lock, engine.begin() as conn:
+        yield conn
 
 
 def _alembic_config(connection: sa.Connection) -> Config:

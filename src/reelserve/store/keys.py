@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from reelserve.domain.ids import key_id
+from reelserve.store.db import begin_write
 from reelserve.store.tables import api_keys
 
 KeyMode = Literal["live", "test"]
@@ -72,7 +73,7 @@ class KeyStore:
             created_at=time.time(),
             revoked_at=None,
         )
-        async with self.engine.begin() as conn:
+        async with begin_write(self.engine) as conn:
             await conn.execute(
                 api_keys.insert().values(
                     id=record.id,
@@ -109,7 +110,7 @@ class KeyStore:
     async def revoke(self, ident: str) -> ApiKey | None:
         """Revoke by id (`key_...`) or by the shown prefix; returns the key, or None if unknown."""
         column = api_keys.c.id if ident.startswith("key_") else api_keys.c.prefix
-        async with self.engine.begin() as conn:
+        async with begin_write(self.engine) as conn:
             rows = (await conn.execute(sa.select(api_keys).where(column == ident))).all()
             if len(rows) != 1:
                 return None

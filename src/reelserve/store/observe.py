@@ -14,12 +14,10 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from reelserve.domain.task import TaskStatus
-from reelserve.store.queue import TaskRecord
+from reelserve.store.queue import VIEW_COLUMNS, TaskRecord
 from reelserve.store.tables import tasks
 
-# Everything a task's public view needs: not the spec (it can hold data-URL images of several MB)
-# nor the provider's checkpoint.
-_VIEW_COLUMNS = [c for c in tasks.c if c.name not in ("spec", "checkpoint")]
+_VIEW_COLUMNS = [tasks.c[name] for name in VIEW_COLUMNS]
 _IN_CHUNK = 500  # ids per IN (...) list
 
 
@@ -36,12 +34,7 @@ async def view_records(engine: AsyncEngine, ids: Sequence[str]) -> dict[str, Tas
                 await conn.execute(sa.select(*_VIEW_COLUMNS).where(tasks.c.id.in_(chunk)))
             ).all()
             for row in rows:
-                values = dict(row._mapping)
-                values["status"] = TaskStatus(values["status"])
-                values["cancel_requested"] = bool(values["cancel_requested"])
-                values["spec"] = {}
-                values["checkpoint"] = None
-                record = TaskRecord(**values)
+                record = TaskRecord.for_view(dict(row._mapping))
                 found[record.id] = record
     return found
 

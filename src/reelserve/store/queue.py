@@ -22,6 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from reelserve.domain.task import ErrorCode, TaskStatus
+from reelserve.store.db import begin_write
 from reelserve.store.reads import SqliteReader, sqlite_path
 from reelserve.store.tables import tasks
 
@@ -71,25 +72,31 @@ class TaskRecord:
         return cls(**values)
 
     @classmethod
-    def from_raw(cls, row: tuple[Any, ...]) -> TaskRecord:
-        """From a plain DB-API row in `COLUMNS` order (JSON columns still as text)."""
-        values = dict(zip(COLUMNS, row, strict=False))
-        for name in JSON_COLUMNS:
-            if isinstance(values[name], str):
-                values[name] = json.loads(values[name])
+    def for_view(cls, values: dict[str, Any]) -> TaskRecord:
+        """From the `VIEW_COLUMNS` of a row: a record to build the task's public view from,
+        with an empty spec and no checkpoint (neither is part of the view)."""
         values["status"] = TaskStatus(values["status"])
         values["cancel_requested"] = bool(values["cancel_requested"])
-        return cls(**values)
+        return cls(**values, spec={}, checkpoint=None)
+
+    @classmethod
+    def view_from_raw(cls, row: tuple[Any, ...]) -> TaskRecord:
+        """`for_view` from a plain DB-API row in `VIEW_COLUMNS` order (result still as text)."""
+        values = dict(zip(VIEW_COLUMNS, row, strict=True))
+        if isinstance(values["result"], str):
+            values["result"] = json.loads(values["result"])
+        return cls.for_view(values)
 
 
-COLUMNS = tuple(c.name for c in tasks.c)
-JSON_COLUMNS = ("spec", "checkpoint", "result")
+# What a task's public view needs: every column but the spec (it can hold data-URL images of
+# several MB, which a status poll would otherwise read and parse every time) and the checkpoint.
+VIEW_COLUMNS = tuple(c.name for c in tasks.c if c.name not in ("spec", "checkpoint"))
 _POSITION_SQL = (
     "SELECT count(*) FROM tasks p WHERE p.status = 'pending' AND "
     "(p.created_at < t.created_at OR (p.created_at = t.created_at AND p.id < t.id))"
 )
 _GET_SQL = (
-    f"SELECT {', '.join('t.' + c for c in COLUMNS)}, "
+    f"SELECT {', '.join('t.' + c for c in VIEW_COLUMNS)}, "
     f"CASE WHEN t.status = 'pending' THEN ({_POSITION_SQL}) END "
     "FROM tasks t WHERE t.id = ?"
 )
@@ -209,14 +216,14 @@ class TaskQueue:
                             raise IdempotencyConflict(existing)
                         return existing, False
                     # Expired: release the key so it can name a new task.
-                    async with self.engine.begin() as conn:
+                    async with begin_write(self.engine) as conn:
                         await conn.execute(
                             tasks.update()
                             .where(tasks.c.id == existing.id)
                             .values(idempotency_key=None)
                         )
             try:
-                async with self.engine.begin() as conn:
+                async with begin_write(self.engine) as conn:
                     await conn.execute(tasks.insert().values(**values))
                     for statement in also_insert:
                         await conn.execute(statement)
@@ -247,16 +254,24 @@ class TaskQueue:
     async def get_with_position(
         self, task_id: str, api_key_id: str
     ) -> tuple[TaskRecord | None, int | None]:
-        """A status poll in one query: the task and, while it is pending, its queue position."""
+        """A status poll: the task as a view record (`TaskRecord.for_view`: no spec, no
+        checkpoint) and, while it is pending, its queue position; one query on SQLite."""
         if self.reader is None:
-            task = await self.get(task_id, api_key_id)
-            if task is None or task.status is not TaskStatus.PENDING:
+            query = sa.select(*(tasks.c[name] for name in VIEW_COLUMNS)).where(
+                tasks.c.id == task_id, tasks.c.api_key_id == api_key_id
+            )
+            async with self.engine.connect() as conn:
+                row = (await conn.execute(query)).first()
+            if row is None:
+                return None, None
+            task = TaskRecord.for_view(dict(row._mapping))
+            if task.status is not TaskStatus.PENDING:
                 return task, None
             return task, await self.queue_position(task)
         rows = await self.reader.fetch(_GET_SQL + " AND t.api_key_id = ?", (task_id, api_key_id))
         if not rows:
             return None, None
-        return TaskRecord.from_raw(rows[0][:-1]), rows[0][-1]
+        return TaskRecord.view_from_raw(rows[0][:-1]), rows[0][-1]
 
     async def get(self, task_id: str, api_key_id: str | None = None) -> TaskRecord | None:
         query = sa.select(tasks).where(tasks.c.id == task_id)
@@ -308,7 +323,7 @@ class TaskQueue:
         self, task_id: str, api_key_id: str
     ) -> tuple[CancelOutcome, TaskRecord | None]:
         now = time.time()
-        async with self.engine.begin() as conn:
+        async with begin_write(self.engine) as conn:
             done = await conn.execute(
                 tasks.update()
                 .where(
@@ -344,7 +359,7 @@ class TaskQueue:
 
     async def delete_finished(self, task_id: str, api_key_id: str) -> bool:
         """Delete a finished task's row (its owner deleted it; its files are already gone)."""
-        async with self.engine.begin() as conn:
+        async with begin_write(self.engine) as conn:
             done = await conn.execute(
                 tasks.delete().where(
                     tasks.c.id == task_id,
@@ -397,7 +412,7 @@ class TaskQueue:
             )
             .returning(*tasks.c)
         )
-        async with self.engine.begin() as conn:
+        async with begin_write(self.engine) as conn:
             row = (await conn.execute(stmt)).first()
         return TaskRecord.from_row(row) if row is not None else None
 
@@ -409,7 +424,7 @@ class TaskQueue:
             tasks.c.lease_expires_at < now,
             tasks.c.attempts >= max_attempts,
         )
-        async with self.engine.begin() as conn:
+        async with begin_write(self.engine) as conn:
             ids = [r[0] for r in (await conn.execute(sa.select(tasks.c.id).where(where))).all()]
             if ids:
                 await conn.execute(
@@ -446,7 +461,7 @@ class TaskQueue:
             values["progress"] = sa.case(
                 (tasks.c.progress < progress, progress), else_=tasks.c.progress
             )
-        async with self.engine.begin() as conn:
+        async with begin_write(self.engine) as conn:
             row = (
                 await conn.execute(
                     tasks.update()
@@ -460,7 +475,7 @@ class TaskQueue:
         return True, bool(row[0])
 
     async def checkpoint(self, task_id: str, token: str, state: dict[str, Any]) -> bool:
-        async with self.engine.begin() as conn:
+        async with begin_write(self.engine) as conn:
             done = await conn.execute(
                 tasks.update()
                 .where(self._owned(task_id, token))
@@ -470,7 +485,7 @@ class TaskQueue:
 
     async def complete(self, task_id: str, token: str, result: dict[str, Any]) -> bool:
         now = time.time()
-        async with self.engine.begin() as conn:
+        async with begin_write(self.engine) as conn:
             done = await conn.execute(
                 tasks.update()
                 .where(self._owned(task_id, token))
@@ -487,7 +502,7 @@ class TaskQueue:
 
     async def fail(self, task_id: str, token: str, code: str, message: str) -> bool:
         now = time.time()
-        async with self.engine.begin() as conn:
+        async with begin_write(self.engine) as conn:
             done = await conn.execute(
                 tasks.update()
                 .where(self._owned(task_id, token))
@@ -504,7 +519,7 @@ class TaskQueue:
 
     async def mark_cancelled(self, task_id: str, token: str) -> bool:
         now = time.time()
-        async with self.engine.begin() as conn:
+        async with begin_write(self.engine) as conn:
             done = await conn.execute(
                 tasks.update()
                 .where(self._owned(task_id, token))
@@ -518,7 +533,7 @@ class TaskQueue:
         values: dict[str, Any] = {"lease_expires_at": 0.0, "lease_owner": None}
         if refund_attempt:
             values["attempts"] = sa.case((tasks.c.attempts > 0, tasks.c.attempts - 1), else_=0)
-        async with self.engine.begin() as conn:
+        async with begin_write(self.engine) as conn:
             done = await conn.execute(
                 tasks.update().where(self._owned(task_id, token)).values(**values)
             )
@@ -540,7 +555,7 @@ class TaskQueue:
             return [r[0] for r in (await conn.execute(query)).all()]
 
     async def mark_files_expired(self, task_id: str) -> None:
-        async with self.engine.begin() as conn:
+        async with begin_write(self.engine) as conn:
             await conn.execute(
                 tasks.update()
                 .where(tasks.c.id == task_id, tasks.c.files_expired_at.is_(None))

@@ -18,6 +18,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from reelserve.domain.task import TaskStatus
+from reelserve.store.db import begin_write
 from reelserve.store.tables import tasks, usage
 
 
@@ -74,7 +75,7 @@ class UsageStore:
             stmt = sqlite.insert(usage).values(**values).on_conflict_do_nothing()
         else:  # pragma: no cover - the store supports SQLite and PostgreSQL only
             raise RuntimeError(f"unsupported database dialect {dialect}")
-        async with self.engine.begin() as conn:
+        async with begin_write(self.engine) as conn:
             result = await conn.execute(stmt)
         return bool(result.rowcount)
 

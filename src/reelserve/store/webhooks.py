@@ -41,6 +41,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from reelserve.domain.ids import ulid
 from reelserve.domain.task import FINISHED
+from reelserve.store.db import begin_write
 from reelserve.store.tables import api_keys, tasks, webhook_attempts, webhook_deliveries
 
 SECRET_PREFIX = "whsec_"
@@ -209,7 +210,7 @@ class WebhookStore:
         old one at once. Returns (key id, new secret), or None if no single key matches."""
         column = api_keys.c.id if ident.startswith("key_") else api_keys.c.prefix
         secret = new_webhook_secret()
-        async with self.engine.begin() as conn:
+        async with begin_write(self.engine) as conn:
             ids = (await conn.execute(sa.select(api_keys.c.id).where(column == ident))).all()
             if len(ids) != 1:
                 return None
@@ -262,7 +263,7 @@ class WebhookStore:
 
     async def delete_for_task(self, task_id: str) -> None:
         """Forget a deleted task's deliveries and their attempts."""
-        async with self.engine.begin() as conn:
+        async with begin_write(self.engine) as conn:
             ids = sa.select(d.c.id).where(d.c.task_id == task_id)
             await conn.execute(a.delete().where(a.c.delivery_id.in_(ids)))
             await conn.execute(d.delete().where(d.c.task_id == task_id))
@@ -309,7 +310,7 @@ class WebhookStore:
             .values(lease_owner=token, lease_expires_at=now + lease_seconds, updated_at=now)
             .returning(*d.c)
         )
-        async with self.engine.begin() as conn:
+        async with begin_write(self.engine) as conn:
             row = (await conn.execute(stmt)).first()
         return Delivery.from_row(row) if row is not None else None
 
@@ -319,7 +320,7 @@ class WebhookStore:
     async def save_payload(self, delivery_id: str, token: str, event: str, payload: str) -> bool:
         """Freeze the body at the first attempt, so every retry sends the same bytes."""
         now = time.time()
-        async with self.engine.begin() as conn:
+        async with begin_write(self.engine) as conn:
             done = await conn.execute(
                 d.update()
                 .where(self._owned(delivery_id, token), d.c.payload.is_(None))
@@ -349,7 +350,7 @@ class WebhookStore:
         """Record one attempt and the delivery's new state, and give the lease back; fenced by
         the lease token, so a worker whose lease expired records nothing."""
         now = time.time()
-        async with self.engine.begin() as conn:
+        async with begin_write(self.engine) as conn:
             done = await conn.execute(
                 d.update()
                 .where(self._owned(delivery.id, token))
@@ -382,7 +383,7 @@ class WebhookStore:
 
     async def release(self, delivery_id: str, token: str) -> None:
         """Hand a lease back without an attempt (the worker is stopping)."""
-        async with self.engine.begin() as conn:
+        async with begin_write(self.engine) as conn:
             await conn.execute(
                 d.update()
                 .where(self._owned(delivery_id, token))
@@ -391,7 +392,7 @@ class WebhookStore:
 
     async def drop(self, delivery_id: str, token: str) -> None:
         """Remove a delivery whose task no longer exists (deleted by its owner)."""
-        async with self.engine.begin() as conn:
+        async with begin_write(self.engine) as conn:
             done = await conn.execute(d.delete().where(self._owned(delivery_id, token)))
             if done.rowcount:
                 await conn.execute(a.delete().where(a.c.delivery_id == delivery_id))

@@ -12,9 +12,10 @@ import json
 import logging
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -22,6 +23,11 @@ from rich.table import Table
 
 from reelserve.cli_generate import generate_command
 from reelserve.settings import Settings
+
+if TYPE_CHECKING:
+    from reelserve.service import Reelserve
+
+T = TypeVar("T")
 
 app = typer.Typer(
     name="reelserve",
@@ -68,15 +74,28 @@ async def mint_key(settings: Settings, mode: str, name: str) -> str:
     return (await mint_key_with_webhook_secret(settings, mode, name))[0]
 
 
-async def mint_key_with_webhook_secret(settings: Settings, mode: str, name: str) -> tuple[str, str]:
-    """A new API key and its webhook signing secret (`whsec_...`), each shown once."""
+async def _using_service(settings: Settings, use: Callable[[Reelserve], Awaitable[T]]) -> T:
+    """Open the service (migrating the store), run one operation on it, close it."""
     from reelserve.service import Reelserve
 
     service = await Reelserve.open(settings)
     try:
-        _, secret, webhook_secret = await service.create_key(mode, name)  # type: ignore[arg-type]
+        return await use(service)
     finally:
         await service.close()
+
+
+def _run_on_service(data_dir: Path | None, use: Callable[[Reelserve], Awaitable[T]]) -> T:
+    """`_using_service` for a command: the settings of `--data-dir`, in a fresh event loop."""
+    return asyncio.run(_using_service(_settings(data_dir), use))
+
+
+async def mint_key_with_webhook_secret(settings: Settings, mode: str, name: str) -> tuple[str, str]:
+    """A new API key and its webhook signing secret (`whsec_...`), each shown once."""
+    _, secret, webhook_secret = await _using_service(
+        settings,
+        lambda service: service.create_key(mode, name),  # type: ignore[arg-type]
+    )
     return secret, webhook_secret
 
 
@@ -273,16 +292,7 @@ def keys_rotate_webhook_secret(
     data_dir: DataDir = None,
 ) -> None:
     """Give a key a new webhook signing secret (printed once); the old one stops at once."""
-    from reelserve.service import Reelserve
-
-    async def _go() -> tuple[str, str] | None:
-        service = await Reelserve.open(_settings(data_dir))
-        try:
-            return await service.webhooks.rotate_secret(key)
-        finally:
-            await service.close()
-
-    rotated = asyncio.run(_go())
+    rotated = _run_on_service(data_dir, lambda service: service.webhooks.rotate_secret(key))
     if rotated is None:
         err.print(f"[red]no single key matches {key!r}[/]")
         raise typer.Exit(1)
@@ -293,17 +303,8 @@ def keys_rotate_webhook_secret(
 @keys_app.command("list")
 def keys_list(data_dir: DataDir = None) -> None:
     """List API keys (prefixes only; secrets are never stored)."""
-    from reelserve.service import Reelserve
-
-    async def _go() -> list[Any]:
-        service = await Reelserve.open(_settings(data_dir))
-        try:
-            return await service.keys.list_keys()
-        finally:
-            await service.close()
-
     table = Table("id", "prefix", "mode", "name", "created", "revoked")
-    for key in asyncio.run(_go()):
+    for key in _run_on_service(data_dir, lambda service: service.keys.list_keys()):
         table.add_row(
             key.id,
             key.prefix + "...",
@@ -321,16 +322,7 @@ def keys_revoke(
     data_dir: DataDir = None,
 ) -> None:
     """Revoke an API key (takes effect within a few seconds on running servers)."""
-    from reelserve.service import Reelserve
-
-    async def _go() -> Any:
-        service = await Reelserve.open(_settings(data_dir))
-        try:
-            return await service.keys.revoke(key)
-        finally:
-            await service.close()
-
-    revoked = asyncio.run(_go())
+    revoked = _run_on_service(data_dir, lambda service: service.keys.revoke(key))
     if revoked is None:
         err.print(f"[red]no single key matches {key!r}[/]")
         raise typer.Exit(1)

@@ -28,15 +28,17 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import io
 import logging
 import math
 import random
 import re
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit
 
 import httpx
@@ -57,6 +59,7 @@ from reelserve.providers.google_credentials import (
 from reelserve.settings_google import GoogleSettings
 
 log = logging.getLogger("reelserve.google_veo")
+R = TypeVar("R")
 
 # The seed's values -> the upstream's.
 PERSON_GENERATION = {"allow_adult": "allow_adult", "disallow": "dont_allow"}
@@ -455,36 +458,17 @@ class GoogleVeoProvider:
         client = cred.client(self.settings)
         operation = types.GenerateVideosOperation.model_validate({"name": name})
         interval = self.settings.poll_interval
-        failures = 0
         started = time.monotonic()
         while True:
             # The deadline is checked after each answer, not before: an operation that finished
             # meanwhile (a resumed attempt after a long outage) is still collected.
-            run.ctx.check_cancelled()
-            try:
-                operation = await client.aio.operations.get(operation)
-            except (ProviderError, asyncio.CancelledError):
-                raise
-            except Exception as exc:
-                fault = classify(exc)
-                if fault is None:
-                    raise
-                if fault.kind == Fault.FATAL:
-                    raise ProviderError(
-                        ErrorCode.UPSTREAM_ERROR,
-                        f"Google refused to report on operation {name}: {_clip(fault.message)}",
-                    ) from None
-                failures += 1
-                log.warning("poll of %s failed (%d): %s", name, failures, fault.message)
-                run.check_deadline()
-                if failures > self.settings.retry_attempts:
-                    raise ProviderError(
-                        ErrorCode.UPSTREAM_ERROR,
-                        f"polling Google kept failing: {_clip(fault.message)}",
-                    ) from None
-                await self._backoff(run, failures, fault.retry_after)
-                continue
-            failures = 0
+            operation = await self._retrying(
+                run,
+                functools.partial(client.aio.operations.get, operation),
+                refused=f"Google refused to report on operation {name}",
+                failing="polling Google",
+                within_deadline=True,
+            )
             if operation.done:
                 run.ctx.report_progress(0.9)
                 return operation
@@ -502,41 +486,28 @@ class GoogleVeoProvider:
             await asyncio.to_thread(path.write_bytes, video.video_bytes)
             return
         uri = video.uri or ""
-        failures = 0
-        while True:
-            run.ctx.check_cancelled()  # no deadline: the video is made (and paid) already
-            try:
-                if uri.startswith("gs://"):
-                    await self._download_gcs(cred, uri, path)
-                elif cred.backend == GEMINI and (file_name := _gemini_file(uri)):
-                    async with _AsyncFile(path) as sink:
-                        await cred.client(self.settings).aio.files.download(
-                            file=file_name, destination=sink
-                        )
-                else:
-                    raise ProviderError(
-                        ErrorCode.UPSTREAM_ERROR,
-                        f"Google returned a video without bytes or a usable URI ({uri!r})",
+
+        async def fetch() -> None:
+            if uri.startswith("gs://"):
+                await self._download_gcs(cred, uri, path)
+            elif cred.backend == GEMINI and (file_name := _gemini_file(uri)):
+                async with _AsyncFile(path) as sink:
+                    await cred.client(self.settings).aio.files.download(
+                        file=file_name, destination=sink
                     )
-                return
-            except (ProviderError, asyncio.CancelledError):
-                raise
-            except Exception as exc:
-                fault = classify(exc)
-                if fault is None:
-                    raise
-                if fault.kind == Fault.FATAL:
-                    raise ProviderError(
-                        ErrorCode.UPSTREAM_ERROR,
-                        f"downloading the video from Google failed: {_clip(fault.message)}",
-                    ) from None
-                failures += 1
-                if failures > self.settings.retry_attempts:
-                    raise ProviderError(
-                        ErrorCode.UPSTREAM_ERROR,
-                        f"downloading the video kept failing: {_clip(fault.message)}",
-                    ) from None
-                await self._backoff(run, failures, fault.retry_after)
+            else:
+                raise ProviderError(
+                    ErrorCode.UPSTREAM_ERROR,
+                    f"Google returned a video without bytes or a usable URI ({uri!r})",
+                )
+
+        # No deadline here: the video is made (and paid for) already.
+        await self._retrying(
+            run,
+            fetch,
+            refused="downloading the video from Google failed",
+            failing="downloading the video",
+        )
 
     async def _download_gcs(self, cred: Credential, uri: str, path: Path) -> None:
         """A `gs://bucket/object` result (Vertex AI with `output_gcs_uri`), through the Cloud
@@ -561,6 +532,43 @@ class GoogleVeoProvider:
             async with _AsyncFile(path) as sink:
                 async for chunk in response.aiter_bytes(1024 * 1024):
                     await sink.write(chunk)
+
+    async def _retrying(
+        self,
+        run: _Run,
+        call: Callable[[], Awaitable[R]],
+        *,
+        refused: str,
+        failing: str,
+        within_deadline: bool = False,
+    ) -> R:
+        """`call()`, retrying transient faults (5xx, 408, 429, network) with backoff as long as
+        they come fewer than `retry_attempts` times in a row; a fatal fault (`refused`) or too
+        many (`failing` ... kept failing) fail the task with Google's reason."""
+        failures = 0
+        while True:
+            run.ctx.check_cancelled()
+            try:
+                return await call()
+            except (ProviderError, asyncio.CancelledError):
+                raise
+            except Exception as exc:
+                fault = classify(exc)
+                if fault is None:
+                    raise
+                if fault.kind == Fault.FATAL:
+                    raise ProviderError(
+                        ErrorCode.UPSTREAM_ERROR, f"{refused}: {_clip(fault.message)}"
+                    ) from None
+                failures += 1
+                log.warning("%s failed (%d): %s", failing, failures, fault.message)
+                if within_deadline:
+                    run.check_deadline()
+                if failures > self.settings.retry_attempts:
+                    raise ProviderError(
+                        ErrorCode.UPSTREAM_ERROR, f"{failing} kept failing: {_clip(fault.message)}"
+                    ) from None
+                await self._backoff(run, failures, fault.retry_after)
 
     # -- waiting -----------------------------------------------------------------------------
 

@@ -29,7 +29,7 @@ import colorsys
 import hashlib
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -394,6 +394,39 @@ def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
         return ImageFont.load_default()
 
 
+def _longest(count: int, fits: Callable[[int], bool]) -> int:
+    """The largest `k` in [0, count] for which `fits(k)` holds, taking `fits(0)` as given.
+
+    A galloping search, then a binary one: O(log k) calls, where trying every `k` in turn costs
+    O(k) calls (and measuring a prefix of length `k` is itself O(k): that made the caption wrap
+    cubic in the length of a word without spaces). Text widths may dip by a kerning pair as
+    text grows, so the answer is a `k` that was tested to fit near the largest one, never one
+    that does not fit.
+    """
+    good, step = 0, 1
+    bad = count + 1  # the smallest k known not to fit, or one past the end
+    while good < count:
+        probe = min(count, good + step)
+        if not fits(probe):
+            bad = probe
+            break
+        good, step = probe, step * 2
+    while bad - good > 1:
+        middle = (good + bad) // 2
+        if fits(middle):
+            good = middle
+        else:
+            bad = middle
+    return good
+
+
+def _fitting(
+    text: str, start: int, font: ImageFont.FreeTypeFont | ImageFont.ImageFont, width: int
+) -> int:
+    """How many characters of `text` from `start` fit in `width` pixels (see `_longest`)."""
+    return _longest(len(text) - start, lambda k: font.getlength(text[start : start + k]) <= width)
+
+
 def _wrap(
     text: str,
     font: ImageFont.FreeTypeFont | ImageFont.ImageFont,
@@ -401,33 +434,29 @@ def _wrap(
     *,
     max_lines: int,
 ) -> list[str]:
-    """Greedy word wrap to `width` pixels, at most `max_lines` lines, '...' if cut short."""
-    words = text.split()
+    """Greedy word wrap to `width` pixels, at most `max_lines` lines, '...' if cut short.
+
+    Words are joined by single spaces; a word wider than the box is cut by characters. Each
+    line is found with O(log n) measurements (`_longest`) and wrapping stops at the first line
+    past `max_lines`, so the cost is near-linear in what is shown, whatever the prompt (8,000
+    characters without a space included).
+    """
+    flat = " ".join(text.split())
     lines: list[str] = []
-    current = ""
-    for word in words:
-        candidate = f"{current} {word}" if current else word
-        if font.getlength(candidate) <= width:
-            current = candidate
-            continue
-        if current:
-            lines.append(current)
-        # A single word wider than the box is cut by characters.
-        while font.getlength(word) > width and len(word) > 1:
-            cut = len(word) - 1
-            while cut > 1 and font.getlength(word[:cut]) > width:
-                cut -= 1
-            lines.append(word[:cut])
-            word = word[cut:]
-        current = word
-    if current:
-        lines.append(current)
+    start = 0
+    while start < len(flat) and len(lines) <= max_lines:
+        end = start + max(1, _fitting(flat, start, font, width))  # one character at least
+        if end < len(flat) and flat[end] != " ":
+            space = flat.rfind(" ", start, end)
+            if space > start:
+                end = space  # break before the word that does not fit
+        lines.append(flat[start:end])
+        start = end + 1 if end < len(flat) and flat[end] == " " else end
     if len(lines) > max_lines:
         lines = lines[:max_lines]
         last = lines[-1]
-        while last and font.getlength(last + "...") > width:
-            last = last[:-1]
-        lines[-1] = last.rstrip() + "..."
+        keep = _longest(len(last), lambda k: font.getlength(last[:k] + "...") <= width)
+        lines[-1] = last[:keep].rstrip() + "..."
     return lines or [""]
 
 
@@ -674,6 +703,7 @@ class SandboxProvider:
         return clips
 
     def _render_sample(self, spec: GenerationSpec, index: int, ctx: RunContext, path: Path) -> None:
+        ctx.check_cancelled()  # a stop asked for while this thread was waiting to start
         total = spec.frame_count * spec.sample_count
         done_before = index * spec.frame_count
 

@@ -27,6 +27,10 @@ from reelserve.store.reads import SqliteReader, sqlite_path
 from reelserve.store.tables import tasks
 
 IDEMPOTENCY_WINDOW = 24 * 3600.0
+# A stopping worker hands its tasks back without spending an attempt, this many times per task;
+# later releases spend one. A task that keeps every worker from stopping in time (a provider
+# that ignores the stop) therefore fails after `max_attempts` instead of being claimed forever.
+FREE_RELEASES = 3
 NOTIFY_CHANNEL = "reelserve_tasks"
 
 log = logging.getLogger("reelserve.queue")
@@ -63,6 +67,7 @@ class TaskRecord:
     idempotency_key: str | None
     request_hash: str | None
     files_expired_at: float | None
+    releases: int = 0
 
     @classmethod
     def from_row(cls, row: sa.Row[Any]) -> TaskRecord:
@@ -206,6 +211,7 @@ class TaskQueue:
             "idempotency_key": idempotency_key,
             "request_hash": request_hash,
             "files_expired_at": None,
+            "releases": 0,
         }
         for _ in range(3):
             if idempotency_key is not None:
@@ -435,7 +441,7 @@ class TaskQueue:
                         error_code=ErrorCode.INTERNAL_ERROR.value,
                         error_message=(
                             f"the task was interrupted {max_attempts} times "
-                            "(worker lost); giving up"
+                            "(its worker was lost or had to stop); giving up"
                         ),
                         finished_at=now,
                         updated_at=now,
@@ -529,10 +535,23 @@ class TaskQueue:
 
     async def release(self, task_id: str, token: str, *, refund_attempt: bool = True) -> bool:
         """Give a lease back at once (graceful shutdown): the task stays `processing`, its lease
-        expires now, and the next claim by any worker resumes it from its checkpoint."""
-        values: dict[str, Any] = {"lease_expires_at": 0.0, "lease_owner": None}
+        expires now, and the next claim by any worker resumes it from its checkpoint.
+
+        The attempt is refunded for the task's first `FREE_RELEASES` releases only, so a task
+        released over and over still reaches `max_attempts` and fails."""
+        values: dict[str, Any] = {
+            "lease_expires_at": 0.0,
+            "lease_owner": None,
+            "releases": tasks.c.releases + 1,
+        }
         if refund_attempt:
-            values["attempts"] = sa.case((tasks.c.attempts > 0, tasks.c.attempts - 1), else_=0)
+            values["attempts"] = sa.case(
+                (
+                    sa.and_(tasks.c.attempts > 0, tasks.c.releases < FREE_RELEASES),
+                    tasks.c.attempts - 1,
+                ),
+                else_=tasks.c.attempts,
+            )
         async with begin_write(self.engine) as conn:
             done = await conn.execute(
                 tasks.update().where(self._owned(task_id, token)).values(**values)

@@ -46,6 +46,8 @@ tasks = sa.Table(
     sa.Column("idempotency_key", sa.String(255), nullable=True),
     sa.Column("request_hash", sa.String(64), nullable=True),
     sa.Column("files_expired_at", sa.Float, nullable=True),
+    # Times a stopping worker handed the task back (store/queue.py: only the first few are free).
+    sa.Column("releases", sa.Integer, nullable=False, server_default="0"),
     sa.Index("ix_tasks_queue", "status", "created_at"),
     sa.Index("ix_tasks_retention", "finished_at"),
     sa.Index("ix_tasks_owner", "api_key_id", "id"),

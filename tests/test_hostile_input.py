@@ -6,11 +6,14 @@ HTTP on loopback against SQLite and PostgreSQL (the `server` fixture), or agains
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from reelserve.domain.ids import task_id
@@ -19,8 +22,12 @@ from reelserve.domain.task import TaskStatus
 from reelserve.providers.sandbox import _font, _wrap
 from reelserve.store.db import create_engine, upgrade
 from reelserve.store.queue import FREE_RELEASES, TaskQueue
+from reelserve.store.tables import tasks
 from tests.databases import database_url
-from tests.support import submit, wait_task
+from tests.support import LiveServer, submit, wait_task
+
+GENERATIONS = "/v1/videos/generations"
+VIDEOS = "/v1/videos"
 
 # -- 1. one legal prompt must not stall a sandbox worker ----------------------------------------
 
@@ -110,3 +117,102 @@ async def test_releases_are_bounded(queue: TaskQueue) -> None:
     failed = await queue.get(tid)
     assert failed is not None and failed.status is TaskStatus.FAILED
     assert failed.releases == claims and "interrupted" in (failed.error_message or "")
+
+
+# -- 2. text from a client is valid UTF-8 without NUL, or a 400 naming the field ----------------
+
+
+def _error(response: httpx.Response, status: int = 400) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    payload = response.json()
+    assert payload["code"] == status
+    assert payload["error"]["type"] == "invalid_request_error"
+    error: dict[str, Any] = payload["error"]
+    return error
+
+
+def _post_raw(client: httpx.Client, path: str, raw: bytes) -> httpx.Response:
+    return client.post(path, content=raw, headers={"Content-Type": "application/json"})
+
+
+@pytest.mark.parametrize(
+    ("path", "raw", "param", "phrase"),
+    [
+        (GENERATIONS, rb'{"model":"sandbox","prompt":"a\ud800b"}', "prompt", "lone surrogate"),
+        (GENERATIONS, rb'{"model":"\udfff","prompt":"p"}', "model", "lone surrogate"),
+        (GENERATIONS, rb'{"model":"sandbox","prompt":"a\u0000b"}', "prompt", "NUL"),
+        (GENERATIONS, rb'{"model":"sandbox","prompt":"p","x":["\ud800"]}', "x[0]", "surrogate"),
+        (GENERATIONS, rb'{"model":"sandbox","prompt":"p","\ud800":1}', None, "member name"),
+        (VIDEOS, rb'{"model":"\ud800","prompt":"p"}', "model", "lone surrogate"),
+        (VIDEOS, rb'{"model":"sandbox","prompt":"a\ud800b"}', "prompt", "lone surrogate"),
+        (VIDEOS, rb'{"model":"sandbox","prompt":"p","seed":"\u0000"}', "seed", "NUL"),
+    ],
+)
+def test_invalid_text_in_a_body_is_a_400_naming_the_field(
+    client: httpx.Client, path: str, raw: bytes, param: str | None, phrase: str
+) -> None:
+    error = _error(_post_raw(client, path, raw))
+    assert error["param"] == param
+    assert phrase in error["message"] and "UTF-8" in error["message"]
+
+
+def test_a_nul_in_a_form_field_is_a_400(client: httpx.Client) -> None:
+    response = client.post(VIDEOS, data={"model": "sandbox", "prompt": "a\x00b", "seconds": "4"})
+    error = _error(response)
+    assert error["param"] == "prompt" and "NUL" in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "param"),
+    [
+        ("GET", "/v1/tasks/a%00b", "task_id"),
+        ("GET", "/v1/tasks/a%00b?language=en", "task_id"),
+        ("GET", "/v1/tasks/a%00b/events", "task_id"),
+        ("GET", "/v1/tasks/a%00b/webhooks", "task_id"),
+        ("POST", "/v1/tasks/a%00b/cancel", "task_id"),
+        ("GET", "/v1/tasks?after=%00", "after"),
+        ("GET", "/v1/tasks?model=a%00", "model"),
+        ("GET", "/v1/tasks?status=%00", "status"),
+        ("GET", "/v1/videos/a%00b", "video_id"),
+        ("GET", "/v1/videos/a%00b/content", "video_id"),
+        ("DELETE", "/v1/videos/a%00b", "video_id"),
+        ("GET", "/v1/videos?after=%00", "after"),
+        ("GET", "/v1/usage?since=%00", "since"),
+        ("GET", "/v1/tasks/x?language=%00", "language"),
+        ("GET", "/v1/tasks?a%00=1", None),
+    ],
+)
+def test_a_nul_in_a_path_or_query_is_a_400_naming_it(
+    client: httpx.Client, method: str, path: str, param: str | None
+) -> None:
+    error = _error(client.request(method, path))
+    assert error["param"] == param
+    assert "NUL" in error["message"]
+
+
+def test_text_stored_before_the_check_cannot_break_listing(
+    server: LiveServer, client: httpx.Client
+) -> None:
+    """A task whose prompt holds a lone surrogate (accepted before client text was checked)
+    used to make GET /v1/videos a 500 for its key from then on."""
+    tid = submit(client, {"model": "sandbox", "prompt": "placeholder", "duration": 4})
+    client.post(f"/v1/tasks/{tid}/cancel")
+    wait_task(client, tid)
+
+    async def corrupt() -> None:
+        engine = create_engine(server.settings.resolved_database_url)
+        try:
+            async with engine.begin() as conn:
+                row = (await conn.execute(sa.select(tasks.c.spec).where(tasks.c.id == tid))).one()
+                spec = {**row[0], "prompt": "a\ud800b"}
+                await conn.execute(tasks.update().where(tasks.c.id == tid).values(spec=spec))
+        finally:
+            await engine.dispose()
+
+    asyncio.run(corrupt())
+    video = client.get(f"/v1/videos/{tid}")
+    assert video.status_code == 200, video.text
+    assert video.json()["prompt"] == "a?b"
+    listing = client.get("/v1/videos", params={"limit": 100})
+    assert listing.status_code == 200, listing.text
+    assert tid in {v["id"] for v in listing.json()["data"]}

@@ -11,12 +11,13 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.openapi.utils import get_openapi
 
 import reelserve
 from reelserve.api import errors
 from reelserve.api.fastpath import TaskStatusFastPath
+from reelserve.api.inputs import check_path_and_query
 from reelserve.api.middleware import BodyLimitMiddleware, MetricsMiddleware
 from reelserve.api.routes import (
     events,
@@ -95,6 +96,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool | None = No
         version=reelserve.__version__,
         description="Self-hostable video-generation API (the seed's /v1/videos/generations).",
         lifespan=lifespan,
+        dependencies=[Depends(check_path_and_query)],  # client text is checked first (400)
         docs_url="/docs",
         redoc_url=None,
     )

@@ -7,7 +7,7 @@ import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from reelserve.domain.errors import ReelserveError
@@ -32,6 +32,14 @@ TYPE_BY_STATUS = {
 }
 
 
+def json_bytes(body: object) -> bytes:
+    """Compact UTF-8 JSON of an answer. Text that cannot be UTF-8 (a lone surrogate stored before
+    client text was checked) becomes "?" rather than an exception that would turn the answer
+    into a 500."""
+    text = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+    return text.encode("utf-8", "replace")
+
+
 def envelope(
     status: int,
     message: str,
@@ -39,23 +47,28 @@ def envelope(
     type_: str | None = None,
     param: str | None = None,
     headers: dict[str, str] | None = None,
-) -> JSONResponse:
+) -> Response:
     error: dict[str, object] = {
         "message": message,
         "type": type_ or TYPE_BY_STATUS.get(status, "server_error"),
     }
     error["param"] = param
-    return JSONResponse({"code": status, "error": error}, status_code=status, headers=headers)
+    return Response(
+        json_bytes({"code": status, "error": error}),
+        status_code=status,
+        headers=headers,
+        media_type="application/json",
+    )
 
 
 def install(app: FastAPI) -> None:
     @app.exception_handler(ReelserveError)
-    async def _domain(_: Request, exc: ReelserveError) -> JSONResponse:
+    async def _domain(_: Request, exc: ReelserveError) -> Response:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
         return envelope(exc.status, exc.message, type_=exc.type, param=exc.param, headers=headers)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
         if exc.status_code == 404:
             message = f"no route for {request.method} {request.url.path}"
         elif exc.status_code == 405:
@@ -65,7 +78,7 @@ def install(app: FastAPI) -> None:
         return envelope(exc.status_code, message, headers=dict(exc.headers or {}) or None)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(_: Request, exc: RequestValidationError) -> Response:
         first = exc.errors()[0] if exc.errors() else {}
         loc = [str(p) for p in first.get("loc", ()) if p not in ("query", "path", "body")]
         param = ".".join(loc) or None
@@ -76,7 +89,7 @@ def install(app: FastAPI) -> None:
         return envelope(400, message, param=param)
 
     @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    async def _unexpected(_: Request, exc: Exception) -> Response:
         log.exception("unhandled error", exc_info=exc)
         return envelope(500, "internal server error; the server log has the details")
 
@@ -84,8 +97,4 @@ def install(app: FastAPI) -> None:
 def ok(data: object, **extra: object) -> Response:
     """A success envelope, serialised directly (no generic encoder pass: the views are plain
     JSON types already)."""
-    body = {"code": 200, "data": data, **extra}
-    return Response(
-        json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode(),
-        media_type="application/json",
-    )
+    return Response(json_bytes({"code": 200, "data": data, **extra}), media_type="application/json")

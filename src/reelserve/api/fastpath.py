@@ -10,14 +10,16 @@ documented FastAPI route for the same path also lives.
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from typing import Any
+from urllib.parse import parse_qsl
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from reelserve.api.auth import key_from_header
+from reelserve.api.errors import json_bytes
+from reelserve.api.inputs import check_params
 from reelserve.domain.errors import InvalidRequest, ReelserveError
 from reelserve.metrics import Metrics
 from reelserve.service import LANGUAGES, Reelserve
@@ -60,30 +62,26 @@ class TaskStatusFastPath:
             elif name == b"host":
                 host = value
         try:
+            query = parse_qsl(
+                scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True
+            )
+            check_params({"task_id": task_id}, query)  # as every route's dependency does
             key = await key_from_header(service, authorization.decode("latin-1") or None)
-            query = scope.get("query_string", b"")
-            if query:
-                _check_language(query.decode("latin-1"))
+            _check_language(query)
             scheme, root = scope.get("scheme", "http"), scope.get("root_path", "")
             base = f"{scheme}://{host.decode('latin-1')}{root}/"
             view = await service.task_status(key, task_id, base)
         except ReelserveError as exc:
             extra = [(b"www-authenticate", b"Bearer")] if exc.status == 401 else []
             error = {"message": exc.message, "type": exc.type, "param": exc.param}
-            return exc.status, _dumps({"code": exc.status, "error": error}), extra
-        return 200, _dumps({"code": 200, "data": view}), []
+            return exc.status, json_bytes({"code": exc.status, "error": error}), extra
+        return 200, json_bytes({"code": 200, "data": view}), []
 
 
-def _check_language(query: str) -> None:
-    from urllib.parse import parse_qs
-
-    values = parse_qs(query).get("language")
+def _check_language(query: list[tuple[str, str]]) -> None:
+    values = [value for name, value in query if name == "language"]
     if values and values[-1] not in LANGUAGES:
         raise InvalidRequest(
             f"language must be one of {', '.join(LANGUAGES)} (got {values[-1]!r})",
             param="language",
         )
-
-
-def _dumps(body: dict[str, Any]) -> bytes:
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict
 
 from reelserve.domain.errors import InvalidRequest, describe
 from reelserve.domain.models import ALL_ASPECT_RATIOS, ALL_RESOLUTIONS, ModelEntry, frame_size
+from reelserve.domain.text import check_text
 
 MAX_PROMPT_CHARS = 8000
 MAX_SEED = 4294967295
@@ -77,7 +78,7 @@ def _get_string(body: Mapping[str, Any], name: str, *, required: bool = False) -
         return None
     if not isinstance(value, str):
         raise InvalidRequest(f"{name} must be a string (got {describe(value)})", param=name)
-    return value
+    return check_text(value, name)
 
 
 def _get_int(body: Mapping[str, Any], name: str, unit: str = "") -> int | None:

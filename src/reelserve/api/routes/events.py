@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 
 from fastapi import APIRouter, Request, Response
 from starlette.types import Receive, Scope, Send
 
 from reelserve.api.auth import Key, Service
+from reelserve.api.errors import json_bytes
 from reelserve.watch import TaskEvent, TaskEvents, TaskWatcher
 
 router = APIRouter(tags=["tasks"])
@@ -24,8 +24,8 @@ KEEPALIVE = b": keep-alive\n\n"
 
 
 def format_event(seq: int, event: TaskEvent) -> bytes:
-    data = json.dumps(event.view, separators=(",", ":"), ensure_ascii=False)
-    return f"id: {seq}\nevent: {event.name}\ndata: {data}\n\n".encode()
+    data = json_bytes(event.view)
+    return f"id: {seq}\nevent: {event.name}\ndata: ".encode() + data + b"\n\n"
 
 
 class EventStreamResponse(Response):

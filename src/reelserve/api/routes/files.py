@@ -13,7 +13,7 @@ import os
 import time
 
 from fastapi import APIRouter, Request
-from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from fastapi.responses import FileResponse, RedirectResponse, Response
 from starlette.responses import StreamingResponse
 
 from reelserve.api.auth import Service
@@ -24,7 +24,7 @@ router = APIRouter(tags=["files"])
 GONE = "this file is no longer available"
 
 
-def parse_range(header: str, size: int) -> tuple[list[tuple[int, int]] | None, JSONResponse | None]:
+def parse_range(header: str, size: int) -> tuple[list[tuple[int, int]] | None, Response | None]:
     """The byte ranges a `Range` header asks for (inclusive ends), or the error to answer."""
     unit, _, spec = header.partition("=")
     if unit.strip().lower() != "bytes" or not spec.strip():

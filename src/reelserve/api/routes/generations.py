@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
-
 from fastapi import APIRouter, Header, Request, Response
 
 from reelserve.api.auth import Key, Service
 from reelserve.api.errors import ok
-from reelserve.domain.errors import InvalidRequest
+from reelserve.api.inputs import parse_json_body
 
 router = APIRouter(tags=["generations"])
 
@@ -39,14 +37,7 @@ async def submit_generation(
     service: Service,
     idempotency_key: str | None = Header(None, alias="Idempotency-Key"),
 ) -> Response:
-    raw = await request.body()
-    if not raw.strip():
-        raise InvalidRequest("the request body is empty; send a JSON object")
-    try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8"
-        raise InvalidRequest(f"the request body is not valid JSON ({reason})") from None
+    body = parse_json_body(await request.body())
     task = await service.submit(
         key, body, idempotency_key=idempotency_key, base_url=str(request.base_url)
     )

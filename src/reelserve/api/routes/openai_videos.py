@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -19,9 +18,11 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from reelserve.api.auth import Key, Service
+from reelserve.api.errors import json_bytes
+from reelserve.api.inputs import parse_json_body
 from reelserve.api.routes.files import get_file
 from reelserve.domain import openai_compat as compat
-from reelserve.domain.errors import InvalidRequest, ReelserveError
+from reelserve.domain.errors import InvalidRequest, ReelserveError, describe
 from reelserve.domain.spec import MAX_IMAGE_BYTES
 from reelserve.service import Reelserve
 from reelserve.store.queue import TaskRecord
@@ -31,10 +32,7 @@ REFERENCE = "input_reference"
 
 
 def _json(body: dict[str, Any]) -> Response:
-    return Response(
-        json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode(),
-        media_type="application/json",
-    )
+    return Response(json_bytes(body), media_type="application/json")
 
 
 def _video(task: TaskRecord) -> dict[str, Any]:
@@ -84,16 +82,12 @@ async def _read_create(request: Request) -> tuple[dict[str, object], str | None]
             return fields, url
         return fields, compat.reference_source(nested or fields.pop(REFERENCE, None))
     if content_type in ("application/json", ""):
-        raw = await request.body()
-        try:
-            body = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError):
+        body = parse_json_body(await request.body())
+        if not isinstance(body, dict):
             raise InvalidRequest(
                 "the request body must be multipart/form-data (as OpenAI's SDKs send it) or a "
-                "JSON object"
-            ) from None
-        if not isinstance(body, dict):
-            raise InvalidRequest("the request body must be a JSON object")
+                f"JSON object (got {describe(body)})"
+            )
         return body, compat.reference_source(body.pop(REFERENCE, None))
     raise InvalidRequest(
         f"Content-Type must be multipart/form-data or application/json (got {content_type!r})"

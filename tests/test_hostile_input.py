@@ -7,6 +7,8 @@ HTTP on loopback against SQLite and PostgreSQL (the `server` fixture), or agains
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,11 +22,15 @@ from reelserve.domain.ids import task_id
 from reelserve.domain.spec import MAX_PROMPT_CHARS
 from reelserve.domain.task import TaskStatus
 from reelserve.providers.sandbox import _font, _wrap
+from reelserve.storage.base import StorageKeyError
+from reelserve.storage.local import LocalStorage
+from reelserve.storage.s3 import S3Storage
+from reelserve.storage.signing import FileGrant, Signer, _b64
 from reelserve.store.db import create_engine, upgrade
 from reelserve.store.queue import FREE_RELEASES, TaskQueue
 from reelserve.store.tables import tasks
 from tests.databases import database_url
-from tests.support import LiveServer, submit, wait_task
+from tests.support import LiveServer, make_settings, submit, wait_task
 
 GENERATIONS = "/v1/videos/generations"
 VIDEOS = "/v1/videos"
@@ -122,11 +128,14 @@ async def test_releases_are_bounded(queue: TaskQueue) -> None:
 # -- 2. text from a client is valid UTF-8 without NUL, or a 400 naming the field ----------------
 
 
-def _error(response: httpx.Response, status: int = 400) -> dict[str, Any]:
+def _error(
+    response: httpx.Response, status: int = 400, type_: str = "invalid_request_error"
+) -> dict[str, Any]:
+    """The error member of an enveloped error answer, checked to be `status` of `type_`."""
     assert response.status_code == status, response.text
     payload = response.json()
     assert payload["code"] == status
-    assert payload["error"]["type"] == "invalid_request_error"
+    assert payload["error"]["type"] == type_
     error: dict[str, Any] = payload["error"]
     return error
 
@@ -216,3 +225,83 @@ def test_text_stored_before_the_check_cannot_break_listing(
     listing = client.get("/v1/videos", params={"limit": 100})
     assert listing.status_code == 200, listing.text
     assert tid in {v["id"] for v in listing.json()["data"]}
+
+
+# -- 3. file tokens and storage keys ------------------------------------------------------------
+
+
+def _forged(key: str, *, expires_at: int = 2**40) -> str:
+    """A token for `key` signed with the test servers' secret (as a holder of the secret could
+    make one), built by hand because `Signer.sign` itself refuses bad keys now."""
+    signer = Signer(make_settings(Path("unused")).signing_key())
+    payload = json.dumps({"e": expires_at, "k": key, "t": "video/mp4"}, separators=(",", ":"))
+    body = _b64(payload.encode())
+    return f"{body}.{_b64(signer._mac(body.encode()))}"
+
+
+@pytest.mark.parametrize(
+    "token",
+    ["%C3%A9", "%C3%A9.%C3%A9", "abc.%E2%82%AC", "a.b", "a..b", "x" * 5000, "%F0%9F%8E%AC.x"],
+)
+def test_a_bad_file_token_is_a_403_without_a_traceback(
+    anon: httpx.Client, token: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING):
+        for method in ("GET", "HEAD"):
+            response = anon.request(method, f"/v1/files/{token}")
+            assert response.status_code == 403, response.text
+        _error(anon.get(f"/v1/files/{token}"), 403, "permission_error")
+    assert not [r for r in caplog.records if r.exc_info], "a client's token logged a traceback"
+
+
+@pytest.mark.parametrize("key", [".", "", "a\x00b", "..", "task_x/../../etc/passwd", "/etc/hosts"])
+def test_a_signed_token_naming_a_bad_key_is_refused(
+    anon: httpx.Client, key: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING):
+        _error(anon.get(f"/v1/files/{_forged(key)}"), 403, "permission_error")
+    assert not [r for r in caplog.records if r.exc_info]
+
+
+def test_a_signed_token_naming_a_directory_is_gone(
+    client: httpx.Client, anon: httpx.Client
+) -> None:
+    """A task's files live under its id, a directory on local storage: never served."""
+    tid = submit(client, {"model": "sandbox", "prompt": "a directory", "duration": 4})
+    assert wait_task(client, tid)["status"] == "completed"
+    for key in (tid, f"{tid}/inputs", f"{tid}/0.mp4/x"):
+        response = anon.get(f"/v1/files/{_forged(key)}")
+        assert response.status_code == 410, response.text
+        assert response.json()["error"]["message"] == "this file is no longer available"
+
+
+BAD_KEYS = [".", "", "..", "a\x00b", "/abs", "a//b", "a/", "a/./b", "a/../b", ".hidden", "é"]
+
+
+@pytest.mark.parametrize("key", BAD_KEYS)
+def test_storage_keys_are_checked_on_write_and_read(tmp_path: Path, key: str) -> None:
+    local = LocalStorage(tmp_path / "media")
+    with pytest.raises(StorageKeyError):
+        local.put_bytes(key, b"x")
+    with pytest.raises(StorageKeyError):
+        local.read_bytes(key)
+    with pytest.raises(StorageKeyError):
+        local.local_path(key)
+    assert local.size(key) is None
+    # The S3 backend applies the same rules before any request is made (nothing listens here).
+    s3 = S3Storage(
+        bucket="b", endpoint_url="http://127.0.0.1:9", access_key_id="a", secret_access_key="s"
+    )
+    with pytest.raises(StorageKeyError):
+        s3.put_bytes(key, b"x")
+    with pytest.raises(StorageKeyError):
+        s3.size(key)
+    with pytest.raises(StorageKeyError):
+        Signer(b"secret").sign(FileGrant(key, "video/mp4", 2**40))
+
+
+def test_a_directory_has_no_size(tmp_path: Path) -> None:
+    local = LocalStorage(tmp_path / "media")
+    local.put_bytes("task_a/0.mp4", b"video")
+    assert local.size("task_a/0.mp4") == 5
+    assert local.size("task_a") is None and not local.exists("task_a")

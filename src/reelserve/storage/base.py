@@ -6,9 +6,36 @@ thread.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
+
+# Keys name objects: `task_<ulid>/0.mp4`, `task_<ulid>/inputs/first.png`, and a task's id as the
+# prefix of its files. Segments of letters, digits, `_`, `-` and `.`, never starting with a dot
+# (no `.`, `..` or hidden names); no empty segment, no NUL, no leading or trailing slash.
+MAX_KEY_CHARS = 512
+_KEY_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*(?:/[A-Za-z0-9_-][A-Za-z0-9._-]*)*")
+
+
+class StorageKeyError(ValueError):
+    """A storage key that breaks the key rules (`check_key`)."""
+
+
+def check_key(key: object) -> str:
+    """`key` if it is a well-formed storage key, else `StorageKeyError`.
+
+    Every backend calls this on every key it writes, reads, sizes or deletes, so a key that
+    came from anywhere (a signed token naming `.`, an empty key, a NUL, a directory) cannot
+    reach the filesystem or the bucket as anything but an object name of the expected shape.
+    """
+    if not isinstance(key, str) or len(key) > MAX_KEY_CHARS or not _KEY_RE.fullmatch(key):
+        shown = repr(key)[:80]
+        raise StorageKeyError(
+            f"invalid storage key {shown}: expected segments of letters, digits, '_', '-' "
+            "and '.' (not starting with '.') joined by '/'"
+        )
+    return key
 
 
 class Storage(Protocol):

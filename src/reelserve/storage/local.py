@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 from collections.abc import Iterator
-from pathlib import Path, PurePosixPath
+from pathlib import Path
+
+from reelserve.storage.base import StorageKeyError, check_key
+
+__all__ = ["LocalStorage", "StorageKeyError"]
 
 CHUNK = 256 * 1024
-
-
-class StorageKeyError(ValueError):
-    pass
 
 
 class LocalStorage:
@@ -20,11 +21,9 @@ class LocalStorage:
         self.root.mkdir(parents=True, exist_ok=True)
 
     def path(self, key: str) -> Path:
-        """The file for `key`, refusing anything that would step outside the root."""
-        pure = PurePosixPath(key)
-        if pure.is_absolute() or ".." in pure.parts or not pure.parts:
-            raise StorageKeyError(f"invalid storage key {key!r}")
-        path = (self.root / pure).resolve()
+        """The file for `key` (`check_key`), refusing anything that would step outside the
+        root (a symbolic link, say)."""
+        path = (self.root / check_key(key)).resolve()
         if not path.is_relative_to(self.root):
             raise StorageKeyError(f"invalid storage key {key!r}")
         return path
@@ -53,10 +52,12 @@ class LocalStorage:
         return self.path(key).read_bytes()
 
     def size(self, key: str) -> int | None:
+        """The size of the file `key`, or None if there is none (a directory is none)."""
         try:
-            return self.path(key).stat().st_size
-        except (FileNotFoundError, StorageKeyError):
+            info = self.path(key).stat()
+        except (FileNotFoundError, NotADirectoryError, StorageKeyError):
             return None
+        return info.st_size if stat.S_ISREG(info.st_mode) else None
 
     def exists(self, key: str) -> bool:
         return self.size(key) is not None

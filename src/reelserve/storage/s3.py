@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from reelserve.storage.base import check_key
+
 CHUNK = 256 * 1024
 
 
@@ -49,8 +51,7 @@ class S3Storage:
         self._missing = (self.client.exceptions.NoSuchKey,)
 
     def _key(self, key: str) -> str:
-        if not key or key.startswith("/") or ".." in key.split("/"):
-            raise ValueError(f"invalid storage key {key!r}")
+        check_key(key)
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def put_file(self, key: str, src: Path) -> int:

@@ -11,8 +11,16 @@ import base64
 import hashlib
 import hmac
 import json
+import re
 import time
 from dataclasses import dataclass
+
+from reelserve.storage.base import StorageKeyError, check_key
+
+# Tokens are two base64url parts joined by a dot; a payload names a key of at most 512
+# characters, so real tokens stay well under this.
+MAX_TOKEN_CHARS = 2048
+_TOKEN_RE = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 
 
 def _b64(data: bytes) -> str:
@@ -44,6 +52,7 @@ class Signer:
         return hmac.new(self._secret, payload, hashlib.sha256).digest()[:20]
 
     def sign(self, grant: FileGrant) -> str:
+        check_key(grant.key)
         payload = json.dumps(
             {"k": grant.key, "t": grant.content_type, "e": grant.expires_at},
             separators=(",", ":"),
@@ -53,22 +62,34 @@ class Signer:
         return f"{body}.{_b64(self._mac(body.encode()))}"
 
     def verify(self, token: str, *, now: float | None = None) -> FileGrant:
+        """The grant a token carries, or `TokenError`: this raises nothing else, whatever the
+        token (it comes from any client, without a key)."""
+        # A token is base64url text; anything else (non-ASCII, which `compare_digest` refuses
+        # as str, or a megabyte of junk) is refused before any work is done on it.
+        if len(token) > MAX_TOKEN_CHARS or not _TOKEN_RE.fullmatch(token):
+            raise TokenError("invalid file token")
         # The MAC covers the token's text and is compared as text, so no other spelling of the
         # same bytes (base64 padding bits, say) passes.
         body, _, mac = token.partition(".")
-        if not hmac.compare_digest(_b64(self._mac(body.encode())), mac):
+        if not hmac.compare_digest(_b64(self._mac(body.encode())).encode(), mac.encode()):
             raise TokenError("invalid file token")
         try:
-            payload = _unb64(body)
-        except (ValueError, TypeError):
+            data = json.loads(_unb64(body))
+            key, content_type, expires_at = data["k"], data["t"], data["e"]
+        except (ValueError, KeyError, TypeError, IndexError, RecursionError):
             raise TokenError("malformed file token") from None
+        if not (
+            isinstance(key, str)
+            and isinstance(content_type, str)
+            and isinstance(expires_at, int)
+            and not isinstance(expires_at, bool)
+        ):
+            raise TokenError("malformed file token")
         try:
-            data = json.loads(payload)
-            grant = FileGrant(
-                key=str(data["k"]), content_type=str(data["t"]), expires_at=int(data["e"])
-            )
-        except (ValueError, KeyError, TypeError):
+            check_key(key)  # signed, but a bad key must not reach the storage (defence in depth)
+        except StorageKeyError:
             raise TokenError("malformed file token") from None
+        grant = FileGrant(key=key, content_type=content_type, expires_at=expires_at)
         if grant.expires_at < (time.time() if now is None else now):
             raise TokenError("this file link has expired", expired=True)
         return grant

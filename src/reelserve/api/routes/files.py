@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from stat import S_ISREG
 
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
@@ -19,6 +20,7 @@ from starlette.responses import StreamingResponse
 from reelserve.api.auth import Service
 from reelserve.api.errors import envelope
 from reelserve.domain.errors import Gone
+from reelserve.storage.base import StorageKeyError
 
 router = APIRouter(tags=["files"])
 GONE = "this file is no longer available"
@@ -61,16 +63,21 @@ def parse_range(header: str, size: int) -> tuple[list[tuple[int, int]] | None, R
 @router.head("/v1/files/{token}", include_in_schema=False)
 @router.get("/v1/files/{token}", summary="Download a result file", response_class=FileResponse)
 async def get_file(token: str, request: Request, service: Service) -> Response:
-    opened = service.open_file(token)
+    opened = service.open_file(token)  # the grant's key is well-formed (storage.check_key)
     storage = service.storage
-    path = storage.local_path(opened.key)
+    try:
+        path = storage.local_path(opened.key)
+    except StorageKeyError:
+        raise Gone(GONE) from None
     header = request.headers.get("range")
     cache = {"Cache-Control": "private, max-age=3600", "Accept-Ranges": "bytes"}
     if path is not None:
         try:
             stat = await asyncio.to_thread(os.stat, path)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             raise Gone(GONE) from None
+        if not S_ISREG(stat.st_mode):  # a directory, say: never served (nor listed)
+            raise Gone(GONE)
         if header is not None:
             _, problem = parse_range(header, stat.st_size)
             if problem is not None:

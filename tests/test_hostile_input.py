@@ -305,3 +305,43 @@ def test_a_directory_has_no_size(tmp_path: Path) -> None:
     local.put_bytes("task_a/0.mp4", b"video")
     assert local.size("task_a/0.mp4") == 5
     assert local.size("task_a") is None and not local.exists("task_a")
+
+
+# -- 4. one JSON parser with depth and number limits ----------------------------------------------
+
+
+def _nested(levels: int) -> bytes:
+    return b'{"model":"sandbox","prompt":"p","x":' + b"[" * levels + b"]" * levels + b"}"
+
+
+@pytest.mark.parametrize("path", [GENERATIONS, VIDEOS])
+@pytest.mark.parametrize(
+    ("raw", "param", "phrase"),
+    [
+        (_nested(100_000), None, "deeper than"),
+        (_nested(100), "x" + "[0]" * 31, "deeper than"),
+        (b'{"a":' * 50_000 + b"1" + b"}" * 50_000, None, "deeper than"),
+        (b'{"model":"sandbox","prompt":"p","seed":' + b"9" * 4301 + b"}", "seed", "4301"),
+        (b'{"model":"sandbox","prompt":"p","seed":1' + b"0" * 100_000 + b"}", "seed", "100001"),
+        (b'{"model":"sandbox","prompt":"p","x":[0.' + b"1" * 5000 + b"]}", "x[0]", "5002"),
+        (b'{"model":"sandbox","prompt":"p","seed":NaN}', None, "NaN is not a JSON number"),
+        (b'{"model":"sandbox","prompt":"p","seed":-Infinity}', None, "not a JSON number"),
+        ('{"model":"sandbox","prompt":"p"}'.encode("utf-16"), None, "not UTF-8"),
+    ],
+    ids=["deep-arrays", "depth-33", "deep-objects", "4301-digits", "huge-int", "long-float",
+         "nan", "infinity", "utf-16"],
+)  # fmt: skip
+def test_hostile_json_is_a_400(
+    client: httpx.Client, path: str, raw: bytes, param: str | None, phrase: str
+) -> None:
+    error = _error(_post_raw(client, path, raw))
+    assert error["param"] == param
+    assert phrase in error["message"], error["message"]
+
+
+def test_json_within_the_limits_is_accepted(client: httpx.Client) -> None:
+    """Depth 32 and 100-character numbers are fine (an unknown member is ignored)."""
+    raw = _nested(31)[:-1] + b',"seed":' + b"1" * 9 + b',"y":1.' + b"5" * 98 + b"}"
+    response = _post_raw(client, GENERATIONS, raw)
+    assert response.status_code == 200, response.text
+    client.post(f"/v1/tasks/{response.json()['data'][0]['task_id']}/cancel")

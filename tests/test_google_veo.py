@@ -1,9 +1,10 @@
 """The google_veo provider against a local fake of the Gemini API and Vertex AI.
 
-reelserve runs for real (uvicorn on loopback, SQLite, the worker, PyAV) with a live key, and the
-official google-genai SDK inside it talks HTTP to `tests/fakes/google_veo.py`, pointed there
-through the SDK's base-URL option. Every test checks what arrived upstream as well as what the
-client got back.
+reelserve runs for real (uvicorn on loopback, SQLite, the worker, PyAV) with a live key, and its
+REST client talks HTTP to `tests/fakes/google_veo.py` (pointed there by `google.base_url` and
+`google.vertex_base_url`), which enforces Google's documented rules on its own. Every test
+checks what arrived upstream as well as what the client got back. The matrix of every backend
+against every request kind is tests/test_veo_backends.py.
 """
 
 from __future__ import annotations
@@ -128,7 +129,6 @@ def test_text_to_video_every_parameter_arrives_upstream(
         "seed": 4242,
         "sample_count": 1,
         "generate_audio": True,
-        "person_generation": "disallow",
         "enhance_prompt": True,
     }
     final = run(client, body)
@@ -137,38 +137,59 @@ def test_text_to_video_every_parameter_arrives_upstream(
     assert sub.path == "/v1beta/models/veo-3.1-fast-generate-preview:predictLongRunning"
     assert sub.credential in (KEY_A, KEY_B)
     assert sub.body["instances"] == [{"prompt": "a lighthouse at dusk, waves crashing"}]
-    # The Gemini API takes no seed, generateAudio or resizeMode (the SDK refuses them there).
+    # No personGeneration (omitted: Google's own default), no generateAudio, resizeMode or
+    # enhancePrompt (the Gemini API takes none), one video per request.
     assert sub.body["parameters"] == {
-        "sampleCount": 1,
         "durationSeconds": 6,
         "aspectRatio": "9:16",
         "resolution": "720p",
-        "personGeneration": "dont_allow",
         "negativePrompt": "blurry, text",
-        "enhancePrompt": True,
+        "seed": 4242,
     }
     (video,) = final["result"]["videos"]
     assert video["duration"] == 6
-    assert (video["width"], video["height"]) == (144, 256)  # the fake's portrait size
+    assert (video["width"], video["height"]) == (720, 1280)
     assert video["has_audio"] is True
     assert video["fps"] == 24
-    # No seed reached Google, so the result claims none (a number would not reproduce it).
-    assert video["seed"] is None
+    # What was applied: the seed sent, and the Gemini API's text-to-video policy.
+    assert video["seed"] == 4242
+    assert video["person_generation"] == "allow_all"
     data = fetch(client, video["url"][0])
     assert data[4:8] == b"ftyp"
     assert fetch(client, video["thumbnail_url"])[:2] == b"\xff\xd8"
     assert_pinned(fake)
 
 
-def test_quality_model_and_allow_adult(client: httpx.Client, fake: FakeGoogle) -> None:
-    final = run(client, {"model": QUALITY, "prompt": "a cat", "duration": 4})
+def test_seed_scenario_one_every_field_at_its_default(
+    client: httpx.Client, fake: FakeGoogle
+) -> None:
+    final = run(client, {"model": FAST, "prompt": "a golden retriever on the beach"})
     assert final["status"] == "completed", final.get("error")
     (sub,) = fake.submits()
-    assert sub.path == "/v1beta/models/veo-3.1-generate-preview:predictLongRunning"
     params = sub.body["parameters"]
-    assert params["personGeneration"] == "allow_adult"
-    assert params["durationSeconds"] == 4 and params["aspectRatio"] == "16:9"
-    assert "negativePrompt" not in params
+    assert "personGeneration" not in params and params["durationSeconds"] == 8
+    (video,) = final["result"]["videos"]
+    assert (video["width"], video["height"], video["duration"]) == (1280, 720, 8)
+    assert video["person_generation"] == "allow_all"
+    assert isinstance(video["seed"], int)  # a random seed, sent and reported
+
+
+def test_person_generation_gemini_cannot_serve_is_refused_at_submit(
+    client: httpx.Client, fake: FakeGoogle
+) -> None:
+    for value in ("allow_adult", "disallow"):
+        response = client.post(
+            "/v1/videos/generations",
+            json={"model": QUALITY, "prompt": "people", "person_generation": value},
+        )
+        assert response.status_code == 400, response.text
+        error = response.json()["error"]
+        assert error["param"] == "person_generation"
+        assert error["message"] == (
+            f'person_generation "{value}" for text-to-video needs a Vertex AI credential; '
+            "this server has only Gemini API keys"
+        )
+    assert fake.requests == []
 
 
 def test_audio_off_drops_the_gemini_audio_track(client: httpx.Client, fake: FakeGoogle) -> None:
@@ -181,17 +202,47 @@ def test_audio_off_drops_the_gemini_audio_track(client: httpx.Client, fake: Fake
     assert op.backend == "gemini" and "generateAudio" not in op.parameters
 
 
-def test_sample_count_two(client: httpx.Client, fake: FakeGoogle) -> None:
-    final = run(client, {"model": FAST, "prompt": "two takes", "duration": 4, "sample_count": 2})
+def test_sample_count_fans_out_one_operation_per_sample(
+    client: httpx.Client, fake: FakeGoogle
+) -> None:
+    final = run(
+        client,
+        {
+            "model": FAST,
+            "prompt": "three takes",
+            "duration": 4,
+            "sample_count": 3,
+            "seed": 10,
+            "generate_audio": True,  # the files as Google sent them (no audio track removed)
+        },
+    )
     assert final["status"] == "completed", final.get("error")
-    assert only_operation(fake).parameters["sampleCount"] == 2
+    assert len(fake.operations) == 3
+    assert all("sampleCount" not in op.parameters for op in fake.operations.values())
+    assert sorted(op.parameters["seed"] for op in fake.operations.values()) == [10, 11, 12]
     videos = final["result"]["videos"]
-    assert len(videos) == 2
-    first, second = (fetch(client, v["url"][0]) for v in videos)
-    assert first != second  # two distinct files, downloaded once each
+    assert [v["seed"] for v in videos] == [10, 11, 12]
+    files = [fetch(client, v["url"][0]) for v in videos]
+    assert len(set(files)) == 3  # three distinct files, downloaded once each
     downloads = [r for r in fake.requests if ":download" in r.path]
-    assert len(downloads) == 2
+    assert len(downloads) == 3
+    assert "withheld" not in final["result"]
     assert_pinned(fake)
+
+
+def test_partial_safety_filtering_completes_with_the_rest(
+    client: httpx.Client, fake: FakeGoogle
+) -> None:
+    fake.filter_submits = {1}
+    fake.filter_reasons = ["The video was filtered because it may depict a public figure."]
+    final = run(client, {"model": FAST, "prompt": "a crowd", "duration": 4, "sample_count": 3})
+    assert final["status"] == "completed", final.get("error")
+    assert len(fake.operations) == 3
+    assert len(final["result"]["videos"]) == 2
+    (withheld,) = final["result"]["withheld"]
+    assert withheld["code"] == "content_filtered" and withheld["count"] == 1
+    assert "public figure" in withheld["message"]
+    assert withheld["reasons"] == fake.filter_reasons
 
 
 def _image(path: Path, colour: tuple[int, int, int], size: tuple[int, int]) -> bytes:
@@ -223,15 +274,47 @@ def test_first_frame_is_fitted_by_reelserve_on_gemini(
     assert final["status"] == "completed", final.get("error")
     instance = only_operation(fake).instance
     assert set(instance) == {"prompt", "image"}
-    assert instance["image"]["mimeType"] == "image/png"
     frame = np.asarray(_decode(instance["image"]["bytesBase64Encoded"]))
-    assert frame.shape == (1080, 1920, 3)  # fitted to the output size before sending
-    edge = frame[540, 20]
+    # Fitted to the output's 16:9 before sending, and never upscaled: a 600x600 image is
+    # padded to 1067x600 or cropped to 600x338, not blown up to 1920x1080.
     if resize_mode == "pad":
-        assert edge.max() < 20  # pillarbox bar
+        assert frame.shape == (600, 1067, 3)
+        assert frame[300, 20].max() < 20  # pillarbox bar
+        assert frame[300, 533][0] > 180
     else:
+        assert frame.shape == (338, 600, 3)
+        edge = frame[169, 5]
         assert edge[0] > 180 and edge[1] < 80  # the square, cropped to fill the frame
     assert only_operation(fake).parameters["resolution"] == "1080p"
+    (video,) = final["result"]["videos"]
+    assert (video["width"], video["height"]) == (1920, 1080)
+    assert video["person_generation"] == "allow_adult"  # image-to-video's only policy
+
+
+def test_large_first_frame_goes_as_a_jpeg_no_larger_than_the_output(
+    client: httpx.Client, fake: FakeGoogle, tmp_path: Path
+) -> None:
+    rng = np.random.default_rng(7)
+    noisy = rng.integers(0, 255, (1800, 2880, 3), dtype=np.uint8)  # a PNG of ~15 MB
+    Image.fromarray(noisy).save(tmp_path / "big.png", format="PNG", compress_level=1)
+    with static_server(tmp_path) as base:
+        final = run(
+            client,
+            {
+                "model": FAST,
+                "prompt": "static",
+                "duration": 8,
+                "resolution": "720p",
+                "first_frame_image": f"{base}/big.png",
+                "resize_mode": "crop",
+            },
+        )
+    assert final["status"] == "completed", final.get("error")
+    image = only_operation(fake).instance["image"]
+    assert image["mimeType"] == "image/jpeg"
+    data = base64.b64decode(image["bytesBase64Encoded"])
+    assert Image.open(io.BytesIO(data)).size == (1280, 720)
+    assert len(data) < (tmp_path / "big.png").stat().st_size / 2
 
 
 def test_first_and_last_frame_on_gemini(
@@ -240,22 +323,26 @@ def test_first_and_last_frame_on_gemini(
     _image(tmp_path / "a.jpg", (10, 200, 10), (320, 180))
     _image(tmp_path / "b.jpg", (10, 10, 200), (320, 180))
     with static_server(tmp_path) as base:
-        final = run(
-            client,
-            {
-                "model": FAST,
-                "prompt": "green to blue",
-                "duration": 4,
-                "first_frame_image": f"{base}/a.jpg",
-                "last_frame_image": f"{base}/b.jpg",
-            },
-        )
+        body = {
+            "model": FAST,
+            "prompt": "green to blue",
+            "first_frame_image": f"{base}/a.jpg",
+            "last_frame_image": f"{base}/b.jpg",
+        }
+        # First+last frame on the Gemini API: 8 s only (unconfirmed, so refused as strict).
+        refused = client.post("/v1/videos/generations", json={**body, "duration": 4})
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == "duration"
+        final = run(client, {**body, "duration": 8})
     assert final["status"] == "completed", final.get("error")
     instance = only_operation(fake).instance
-    first = np.asarray(_decode(instance["image"]["bytesBase64Encoded"]))
+    # 16:9 images smaller than the output go as they are (the original JPEG bytes).
+    assert (
+        base64.b64decode(instance["image"]["bytesBase64Encoded"])
+        == (tmp_path / "a.jpg").read_bytes()
+    )
+    assert instance["image"]["mimeType"] == "image/jpeg"
     last = np.asarray(_decode(instance["lastFrame"]["bytesBase64Encoded"]))
-    assert first.shape == last.shape == (720, 1280, 3)
-    assert first[360, 640][1] > 150 and last[360, 640][2] > 150
+    assert last.shape == (180, 320, 3) and last[90, 160][2] > 150
 
 
 def test_4k_goes_upstream_as_4k(client: httpx.Client, fake: FakeGoogle) -> None:
@@ -294,6 +381,13 @@ def test_models_listing_shows_veo_capabilities(client: httpx.Client) -> None:
         assert veo["aspect_ratios"] == ["16:9", "9:16"]
         assert veo["audio"] is True and veo["max_sample_count"] == 4
         assert "options" not in veo
+        (gemini,) = veo["backends"].values()
+        assert gemini["samples_per_request"] == 1
+        assert gemini["person_generation"] == {
+            "t2v": [],
+            "i2v": ["allow_adult"],
+            "flf2v": ["allow_adult"],
+        }
 
 
 def test_safety_filter_fails_with_content_filtered(client: httpx.Client, fake: FakeGoogle) -> None:
@@ -318,19 +412,34 @@ def test_upstream_400_fails_with_googles_reason_and_is_not_retried(
     assert len(fake.submits()) == 1 and not fake.operations
 
 
-def test_429_everywhere_then_success_honours_retry_after(
+def test_429_everywhere_then_success_honours_retry_info(
     client: httpx.Client, fake: FakeGoogle
 ) -> None:
+    # Google's 429 carries a google.rpc.RetryInfo retryDelay in its body, no Retry-After.
     quota = {"code": 429, "status": "RESOURCE_EXHAUSTED", "message": "Quota exceeded."}
-    fake.submit_faults.extend([{**quota, "retry_after": 1}, {**quota, "retry_after": 1}])
+    fake.submit_faults.extend([{**quota, "retry_delay": "1s"}, {**quota, "retry_delay": "1s"}])
     final = run(client, {"model": FAST, "prompt": "patience", "duration": 4})
     assert final["status"] == "completed", final.get("error")
     subs = fake.submits()
     assert len(subs) == 3
-    # Both keys answered 429 (failover), then the retry waited as Retry-After asked.
+    # Both keys answered 429 (failover), then the retry waited as RetryInfo asked.
     assert {subs[0].credential, subs[1].credential} == {KEY_A, KEY_B}
     assert subs[2].at - subs[1].at >= 0.95
     assert len(fake.operations) == 1
+
+
+def test_operation_error_and_inline_videos(client: httpx.Client, fake: FakeGoogle) -> None:
+    fake.operation_errors = [{"code": 13, "message": "Video generation failed internally."}]
+    final = run(client, {"model": FAST, "prompt": "broken", "duration": 4})
+    assert final["status"] == "failed", final
+    assert final["error"]["code"] == "upstream_error"
+    assert "error 13" in final["error"]["message"] and "internally" in final["error"]["message"]
+    fake.reset()
+    fake.inline_videos = True
+    final = run(client, {"model": FAST, "prompt": "inline", "duration": 4})
+    assert final["status"] == "completed", final.get("error")
+    assert not [r for r in fake.requests if ":download" in r.path]
+    assert final["result"]["videos"][0]["duration"] == 4
 
 
 def test_500s_then_success(client: httpx.Client, fake: FakeGoogle) -> None:
@@ -395,20 +504,20 @@ def test_usage_counts_seconds_and_cost_per_model(gemini: LiveServer, fake: FakeG
         assert a["status"] == b["status"] == "completed"
         usage = c.get("/v1/usage").json()["data"]
         by_model = {m["model"]: m for m in usage["models"]}
-        # Prices from settings (defaults): the Gemini API always bills audio.
+        # Default prices (720p, the Gemini API always bills audio): Fast $0.10/s, Veo $0.40/s.
         assert by_model[FAST] == {
             "model": FAST,
             "tasks": 1,
             "videos": 2,
             "video_seconds": 8.0,
-            "cost": pytest.approx(0.15 * 8),
+            "cost": pytest.approx(0.10 * 8),
             "currency": "USD",
         }
         assert by_model[QUALITY]["video_seconds"] == 6.0
         assert by_model[QUALITY]["cost"] == pytest.approx(0.40 * 6)
         (total,) = usage["totals"]
         assert total["tasks"] == 2 and total["videos"] == 3
-        assert total["cost"] == pytest.approx(1.2 + 2.4)
+        assert total["cost"] == pytest.approx(0.8 + 2.4)
         empty = c.get("/v1/usage", params={"until": int(before) - 10}).json()["data"]
         assert empty["models"] == [] and empty["totals"] == []
         later = c.get("/v1/usage", params={"since": int(before) - 1}).json()["data"]
@@ -423,7 +532,8 @@ def test_usage_counts_seconds_and_cost_per_model(gemini: LiveServer, fake: FakeG
         ).all()
     engine.dispose()
     assert {r[1] for r in rows} == {"google_veo"}
-    assert {r[0] for r in rows} <= {"key-a", "key-b"}
+    # A fanned-out task names every key it used.
+    assert {c for r in rows for c in r[0].split(",")} <= {"key-a", "key-b"}
 
 
 def test_test_keys_never_reach_google(gemini: LiveServer, fake: FakeGoogle) -> None:
@@ -596,7 +706,7 @@ def test_worker_killed_mid_submit_fails_clearly_instead_of_paying_twice(
         _stop(first, second)
     assert final["status"] == "failed", final
     assert final["error"]["code"] == "upstream_error"
-    assert "does not send it again" in final["error"]["message"]
+    assert "did not send it again" in final["error"]["message"]
     assert len(fake.submits()) == 1
 
 
@@ -680,16 +790,15 @@ def test_vertex_first_last_frame_with_every_parameter(
     assert sub.path.startswith("/v1/projects/")
     op = only_operation(vfake)
     assert op.parameters == {
-        "sampleCount": 2,
+        "sampleCount": 2,  # Vertex AI gives up to 4 videos per request: one operation
         "durationSeconds": 8,
         "aspectRatio": "16:9",
         "resolution": "1080p",
         "personGeneration": "dont_allow",
         "negativePrompt": "noise",
-        "enhancePrompt": True,
         "seed": 123456789,
         "generateAudio": True,
-        "resizeMode": "CROP",  # the SDK's ImageResizeMode value
+        "resizeMode": "crop",
     }
     # Vertex AI gets the original image bytes and fits them itself (resizeMode).
     assert base64.b64decode(op.instance["image"]["bytesBase64Encoded"]) == first
@@ -698,6 +807,8 @@ def test_vertex_first_last_frame_with_every_parameter(
     videos = final["result"]["videos"]
     assert len(videos) == 2
     assert all(v["has_audio"] and v["duration"] == 8 and v["seed"] == 123456789 for v in videos)
+    assert all(v["person_generation"] == "disallow" for v in videos)
+    assert all((v["width"], v["height"]) == (1920, 1080) for v in videos)
     assert_pinned(vfake)
 
 
@@ -745,7 +856,8 @@ def test_vertex_usage_prices_audio_separately(vertex: LiveServer, vfake: FakeGoo
         run(c, {"model": FAST, "prompt": "loud", "duration": 4, "generate_audio": True})
         (row,) = c.get("/v1/usage").json()["data"]["models"]
     assert row["tasks"] == 2 and row["video_seconds"] == 8.0
-    assert row["cost"] == pytest.approx(0.10 * 4 + 0.15 * 4)
+    # Vertex AI prices Veo 3.1 Fast at 720p: $0.08/s video only, $0.10/s with audio.
+    assert row["cost"] == pytest.approx(0.08 * 4 + 0.10 * 4)
 
 
 def test_vertex_results_in_cloud_storage(vertex_fake: FakeGoogle, tmp_path: Path) -> None:
@@ -764,10 +876,10 @@ def test_vertex_results_in_cloud_storage(vertex_fake: FakeGoogle, tmp_path: Path
         live.stop()
     assert final["status"] == "completed", final.get("error")
     op = only_operation(vertex_fake)
-    assert op.parameters["storageUri"] == f"gs://veo-out/reelserve/{final['id']}/"
+    assert op.parameters["storageUri"] == f"gs://veo-out/reelserve/{final['id']}/0/"
     downloads = [r for r in vertex_fake.requests if r.path.startswith("/download/storage/")]
     assert len(downloads) == 1
-    assert downloads[0].path.endswith(f"/o/reelserve/{final['id']}/sample_0.mp4?alt=media")
+    assert downloads[0].path.endswith(f"/o/reelserve/{final['id']}/0/sample_0.mp4?alt=media")
     assert downloads[0].headers["authorization"].startswith("Bearer ")
 
 

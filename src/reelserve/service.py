@@ -24,9 +24,10 @@ from reelserve.domain.spec import GenerationSpec, parse_generation_request
 from reelserve.domain.task import TaskStatus
 from reelserve.media.images import FetchPolicy, ImageInputError, check_image_source
 from reelserve.metrics import Metrics
-from reelserve.providers.base import Provider
+from reelserve.providers.base import Capabilities, Provider
 from reelserve.providers.registry import (
     SANDBOX,
+    build_capabilities,
     build_providers,
     fit_models,
     not_configured_message,
@@ -67,6 +68,7 @@ class Reelserve:
     providers: dict[str, Provider]
     models: dict[str, ModelEntry]
     usage: UsageStore
+    capabilities: dict[str, Capabilities] = field(default_factory=dict)
     metrics: Metrics = field(default_factory=Metrics)
     _auth_cache: dict[str, tuple[float, ApiKey]] = field(default_factory=dict)
     _submit_listeners: list[Callable[[], None]] = field(default_factory=list)
@@ -83,6 +85,7 @@ class Reelserve:
         if migrate:
             await upgrade(engine)
         providers = build_providers(settings)
+        capabilities = build_capabilities(settings, providers)
         return cls(
             settings=settings,
             queue=TaskQueue(engine),
@@ -91,8 +94,9 @@ class Reelserve:
             storage=open_storage(settings),
             signer=Signer(settings.signing_key()),
             providers=providers,
-            models=fit_models(settings.model_map(), providers),
+            models=fit_models(settings.model_map(), capabilities),
             usage=UsageStore(engine),
+            capabilities=capabilities,
             metrics=metrics or Metrics(),
         )
 
@@ -163,6 +167,9 @@ class Reelserve:
         )
         entry = self.models[spec.model]
         provider = self.provider_for(key, entry)
+        if (capabilities := self.capabilities.get(provider)) is not None:
+            # The upstream refuses some requests its model entry allows (Veo's backends).
+            capabilities.admit(spec)
         await self.check_images(spec)
         task_id = new_task_id()
         also_insert = []
@@ -409,11 +416,15 @@ class Reelserve:
                     "fps": video["fps"],
                     "has_audio": video["has_audio"],
                     "seed": video["seed"],
+                    "person_generation": video.get("person_generation"),
                     "size_bytes": video["size_bytes"],
                     "content_type": "video/mp4",
                 }
             )
-        return {"videos": videos}
+        view: dict[str, Any] = {"videos": videos}
+        if result.get("withheld"):
+            view["withheld"] = result["withheld"]
+        return view
 
     def open_file(self, token: str) -> OpenedFile:
         """Check a file link's signature and expiry; the route then streams the bytes."""

@@ -8,6 +8,7 @@ as JSON). docs/providers/google-veo.md explains every field with examples.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
@@ -23,6 +24,11 @@ class GeminiKey(BaseModel):
     )
     max_concurrency: int | None = Field(
         None, ge=1, description="tasks using this key at once; default: google.max_concurrency"
+    )
+    restricted_region: bool = Field(
+        False,
+        description="the key is used from the EU, UK, Switzerland or MENA, where the Gemini API "
+        "allows only person_generation allow_adult",
     )
 
 
@@ -50,27 +56,58 @@ class VertexCredential(BaseModel):
 
 
 class VeoPrice(BaseModel):
-    """What one second of generated video costs, without and with generated audio."""
+    """What one second of generated video costs at one resolution."""
 
     model_config = ConfigDict(extra="forbid")
 
-    video: float = Field(ge=0, description="per second, video only")
+    video: float | None = Field(
+        None, ge=0, description="per second, video only (Vertex AI with generate_audio false)"
+    )
     video_audio: float = Field(ge=0, description="per second, video with audio")
 
 
-def default_prices() -> dict[str, VeoPrice]:
-    """Google's list prices for Veo 3.1 at 720p/1080p when this was written (USD per second).
+Prices = dict[str, dict[str, dict[str, VeoPrice]]]  # backend -> upstream model -> resolution
 
-    Prices change and differ by contract and resolution (4K costs more): operators should set
-    `google.prices` from their own price sheet. The Gemini API always generates audio, so its
-    tasks are charged at `video_audio`.
+
+def default_prices() -> Prices:
+    """Google's list prices for Veo 3.1 in USD per second of video, by backend, upstream model
+    and resolution (docs/providers/google-veo.md gives the pages and their dates).
+
+    Prices change and differ by contract: check them against your bill and set `google.prices`
+    from your own price sheet. The Gemini API always generates audio, so its tasks are charged
+    at `video_audio`; Vertex AI charges `video` when `generate_audio` is false.
     """
+
+    def tier(
+        p720: tuple[float | None, float],
+        p1080: tuple[float | None, float],
+        p4k: tuple[float | None, float],
+    ) -> dict[str, VeoPrice]:
+        return {
+            res: VeoPrice(video=video, video_audio=audio)
+            for res, (video, audio) in (("720p", p720), ("1080p", p1080), ("4K", p4k))
+        }
+
+    quality_gemini = tier((None, 0.40), (None, 0.40), (None, 0.60))
+    fast_gemini = tier((None, 0.10), (None, 0.12), (None, 0.30))
+    quality_vertex = tier((0.20, 0.40), (0.20, 0.40), (0.40, 0.60))
+    fast_vertex = tier((0.08, 0.10), (0.10, 0.12), (0.25, 0.30))
     return {
-        "veo-3.1-generate-preview": VeoPrice(video=0.20, video_audio=0.40),
-        "veo-3.1-fast-generate-preview": VeoPrice(video=0.10, video_audio=0.15),
-        "veo-3.1-generate-001": VeoPrice(video=0.20, video_audio=0.40),
-        "veo-3.1-fast-generate-001": VeoPrice(video=0.10, video_audio=0.15),
+        "gemini": {
+            "veo-3.1-generate-preview": quality_gemini,
+            "veo-3.1-fast-generate-preview": fast_gemini,
+        },
+        "vertex": {
+            "veo-3.1-generate-001": quality_vertex,
+            "veo-3.1-fast-generate-001": fast_vertex,
+            "veo-3.1-generate-preview": quality_vertex,
+            "veo-3.1-fast-generate-preview": fast_vertex,
+        },
     }
+
+
+def _both_backends() -> list[Literal["gemini", "vertex"]]:
+    return ["gemini", "vertex"]
 
 
 class GoogleSettings(BaseModel):
@@ -90,6 +127,17 @@ class GoogleSettings(BaseModel):
     vertex: list[VertexCredential] = Field(default_factory=list)
 
     max_concurrency: int = Field(4, ge=1, description="default tasks per credential at once")
+    vertex_4k: bool = Field(
+        False,
+        description="Vertex AI serves 4K for Veo 3.1 (unconfirmed in Google's reference: off "
+        "until you have seen it work on your project)",
+    )
+    remote_backends: list[Literal["gemini", "vertex"]] = Field(
+        default_factory=_both_backends,
+        description="on an API host without Google credentials that queues google_veo for "
+        "workers elsewhere (remote_providers): the backends those workers hold, for the "
+        "submit checks",
+    )
 
     # Polling an upstream operation.
     poll_interval: float = Field(10.0, gt=0, description="seconds before the first poll")
@@ -107,8 +155,12 @@ class GoogleSettings(BaseModel):
     request_timeout: float = Field(120.0, gt=0, description="seconds one HTTP call may take")
 
     # Endpoints (for proxies and tests): default Google's.
-    base_url: str | None = Field(None, description="Gemini API base URL")
-    vertex_base_url: str | None = Field(None, description="Vertex AI base URL")
+    base_url: str = Field(
+        "https://generativelanguage.googleapis.com", description="Gemini API base URL"
+    )
+    vertex_base_url: str | None = Field(
+        None, description="Vertex AI base URL; default: https://LOCATION-aiplatform.googleapis.com"
+    )
     storage_base_url: str = Field(
         "https://storage.googleapis.com", description="Cloud Storage, for gs:// results"
     )
@@ -120,8 +172,9 @@ class GoogleSettings(BaseModel):
 
     # Usage accounting.
     currency: str = Field("USD", min_length=1, max_length=8)
-    prices: dict[str, VeoPrice] = Field(
-        default_factory=default_prices, description="upstream model id -> price per second"
+    prices: Prices = Field(
+        default_factory=default_prices,
+        description="backend (gemini | vertex) -> upstream model id -> resolution -> price",
     )
 
     @field_validator("api_keys", mode="before")

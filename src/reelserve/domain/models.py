@@ -67,6 +67,9 @@ class ModelEntry(BaseModel):
     max_sample_count: int = 4
     estimated_time: int = Field(60, description="expected seconds from start to finish")
     options: dict[str, Any] = Field(default_factory=dict, description="provider options")
+    # What each configured upstream backend can do with this model (filled in by the provider,
+    # e.g. Veo's Gemini API and Vertex AI rules); shown by `GET /v1/models`.
+    backends: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     def public(self) -> dict[str, Any]:
         """The entry as `GET /v1/models` shows it (no provider options, which may hold secrets)."""
@@ -86,6 +89,7 @@ class ModelEntry(BaseModel):
             "sizes": {r: list(self.render_size(r)) for r in self.resolutions},
             "max_sample_count": self.max_sample_count,
             "estimated_time": self.estimated_time,
+            **({"backends": self.backends} if self.backends else {}),
         }
 
     def render_size(self, resolution: str, aspect_ratio: str = "16:9") -> tuple[int, int]:

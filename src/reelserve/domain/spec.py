@@ -53,6 +53,9 @@ class GenerationSpec(BaseModel):
     sample_count: int
     generate_audio: bool
     person_generation: Literal["allow_adult", "disallow"]
+    # Whether the client sent `person_generation` (else a provider may apply its own default:
+    # the Gemini API's text-to-video takes only `allow_all`). True for tasks stored before.
+    person_generation_given: bool = True
     resize_mode: Literal["pad", "crop"]
     enhance_prompt: bool = True
     webhook_url: str | None = None
@@ -292,6 +295,7 @@ def parse_generation_request(
             param="generate_audio",
         )
 
+    person_generation_given = body.get("person_generation") is not None
     person_generation = _choice(body, "person_generation", PERSON_GENERATION, "allow_adult")
     resize_mode = _choice(body, "resize_mode", RESIZE_MODES, "pad")
 
@@ -325,6 +329,7 @@ def parse_generation_request(
         sample_count=sample_count,
         generate_audio=generate_audio,
         person_generation=person_generation,
+        person_generation_given=person_generation_given,
         resize_mode=resize_mode,
         enhance_prompt=True,
         webhook_url=webhook_url,

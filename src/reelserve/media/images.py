@@ -70,6 +70,7 @@ __all__ = [
     "fit_image",
     "load_input_image",
     "sniff_mime",
+    "upload_image",
 ]
 
 ImageInputError = OutboundError
@@ -551,3 +552,67 @@ def fit_image(
     canvas = Image.new("RGB", (width, height), FILL_COLOUR)
     canvas.paste(scaled, ((width - new_w) // 2, (height - new_h) // 2))
     return np.array(canvas, dtype=np.uint8)
+
+
+# --------------------------------------------------------------------------------------------
+# Re-encoding for an upstream that takes the image itself
+
+SMALL_PNG_BYTES = 1 * MIB
+SMALL_PNG_PIXELS = 1280 * 720
+UPLOAD_JPEG_QUALITY = 95
+
+
+def upload_image(
+    data: bytes,
+    width: int,
+    height: int,
+    mode: Literal["pad", "crop"] | None,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_bytes: int = 20 * MIB,
+    types: tuple[str, ...] = ("image/jpeg", "image/png"),
+) -> tuple[bytes, str]:
+    """An input image as an upstream model should receive it: (bytes, MIME type).
+
+    With `mode` ("pad" or "crop"), the image is fitted to the output's aspect ratio here (for
+    an upstream that takes no resize mode); without, only its size changes and the upstream
+    fits it. Either way it is never larger than the output (`width` x `height`: a 4K frame
+    holds no more detail than the output can show) and never upscaled (a small image stays
+    small, and the upstream scales it). The original bytes go as they are when nothing needs
+    changing and their type is one of `types`; anything re-encoded is a PNG when that is small
+    (flat graphics), else a JPEG at quality 95. Blocking: call it in a thread.
+    """
+    mime = sniff_mime(data)
+    image = decode_image(data, "image", max_pixels=max_pixels)
+    src_w, src_h = image.size
+    if mode is None:
+        # Keep the aspect ratio; shrink so that the image still covers the output frame.
+        scale = min(1.0, max(width / src_w, height / src_h))
+        size = (max(1, round(src_w * scale)), max(1, round(src_h * scale)))
+        if size == (src_w, src_h) and mime in types and len(data) <= max_bytes:
+            return data, str(mime)
+        fitted = image if size == (src_w, src_h) else image.resize(size, Image.Resampling.LANCZOS)
+    else:
+        # The output's aspect ratio at the largest size <= the output that needs no upscaling.
+        if mode == "crop":
+            k = min(1.0, min(src_w / width, src_h / height))
+        else:
+            k = min(1.0, max(src_w / width, src_h / height))
+        box = (max(1, round(width * k)), max(1, round(height * k)))
+        if box == (src_w, src_h) and mime in types and len(data) <= max_bytes:
+            return data, str(mime)
+        fitted = Image.fromarray(fit_image(image, box[0], box[1], mode))
+    if fitted.width * fitted.height <= SMALL_PNG_PIXELS:
+        buffer = io.BytesIO()
+        fitted.save(buffer, format="PNG", optimize=False)
+        if buffer.tell() <= SMALL_PNG_BYTES:
+            return buffer.getvalue(), "image/png"
+    buffer = io.BytesIO()
+    fitted.save(buffer, format="JPEG", quality=UPLOAD_JPEG_QUALITY)
+    if buffer.tell() > max_bytes:
+        raise ImageInputError(
+            f"the image is {_size(buffer.tell())} even as a JPEG; the upstream takes at most "
+            f"{_size(max_bytes)}",
+            "image",
+        )
+    return buffer.getvalue(), "image/jpeg"

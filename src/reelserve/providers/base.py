@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 from numpy.typing import NDArray
 
+from reelserve.domain.models import ModelEntry
 from reelserve.domain.spec import GenerationSpec
 from reelserve.domain.task import ErrorCode
 
@@ -30,6 +31,21 @@ class Clip:
 
     path: Path
     seed: int | None
+    # The person_generation policy the upstream applied, in the seed's words where it has
+    # one ("allow_adult", "disallow"; the Gemini API's text-to-video applies "allow_all"), or
+    # None where the provider has no such policy.
+    person_generation: str | None = None
+
+
+@dataclass(frozen=True)
+class Withheld:
+    """Samples of a task that the upstream did not deliver, and why: the task still completes
+    with the others, and its result lists these (`withheld`)."""
+
+    code: str  # an ErrorCode value: content_filtered, upstream_error, timeout, ...
+    count: int
+    message: str
+    reasons: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -84,6 +100,9 @@ class RunContext(Protocol):
     def check_cancelled(self) -> None:
         """Raise `TaskCancelled` if the client asked to cancel. Thread-safe."""
 
+    def report_withheld(self, withheld: list[Withheld]) -> None:
+        """Samples the upstream did not deliver (the result says so); the rest complete."""
+
     @property
     def cancel_requested(self) -> bool: ...
 
@@ -96,4 +115,17 @@ class Provider(Protocol):
 
     async def run(self, spec: GenerationSpec, ctx: RunContext) -> list[Clip]:
         """Produce `spec.sample_count` clips, or raise `ProviderError` / `TaskCancelled`."""
+        ...
+
+
+@runtime_checkable
+class Capabilities(Protocol):
+    """What a provider whose upstream refuses some requests offers the API: the submit check
+    and the model as its configured backends can serve it (remote providers such as Veo)."""
+
+    def admit(self, spec: GenerationSpec) -> None:
+        """Raise `InvalidRequest` (a 400 naming the field) unless `spec` can be served."""
+
+    def fit_model(self, entry: ModelEntry) -> ModelEntry:
+        """`entry` narrowed to what the configured backends serve, as `/v1/models` shows it."""
         ...

@@ -1,11 +1,13 @@
-"""Google credentials for the Veo provider: one `genai.Client` each, shared fairly.
+"""Google credentials for the Veo provider, shared fairly between tasks.
 
 A credential is one Gemini API key or one Vertex AI project/location with its Google
-credentials. `CredentialPool` hands them out round-robin, at most `max_concurrency` tasks on each
-at once (counted within this worker process: several worker processes each apply the limit on
-their own), skipping the ones a caller excludes (quota exhausted) or whose backend cannot serve
-the request. A task keeps the credential it submitted with until it ends, so that polling and
-downloading use the same key or project (an operation is only visible to its own project).
+credentials (google-auth: a service-account key file, a fixed access token, or Application
+Default Credentials). `CredentialPool` hands them out round-robin, at most `max_concurrency`
+upstream operations on each at once (counted within this worker process: several worker
+processes each apply the limit on their own), skipping the ones a caller excludes (quota
+exhausted) or whose backend cannot serve the request. An operation keeps the credential that
+created it until it ends, so that polling and downloading use the same key or project (an
+operation is only visible to its own project).
 """
 
 from __future__ import annotations
@@ -13,17 +15,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from google import genai
-from google.genai import types
+import httpx
 
+from reelserve.providers.veo_rules import GEMINI, VERTEX, Backend
 from reelserve.settings_google import GeminiKey, GoogleSettings, VertexCredential
 
-GEMINI = "gemini"
-VERTEX = "vertex"
 CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 
 
@@ -33,7 +34,7 @@ class CredentialError(Exception):
 
 @dataclass
 class Credential:
-    """One way of calling Veo, and the tasks using it right now."""
+    """One way of calling Veo, and the operations using it right now."""
 
     id: str
     backend: str  # GEMINI | VERTEX
@@ -42,41 +43,77 @@ class Credential:
     project: str | None = None
     location: str | None = None
     google_credentials: Any = None  # google.auth.credentials.Credentials (Vertex)
+    restricted_region: bool = False
+    four_k: bool = False
     in_flight: int = 0
-    _client: genai.Client | None = field(default=None, repr=False)
+    _token_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def profile(self) -> Backend:
+        """What this credential's backend and account can serve (providers/veo_rules.py)."""
+        return Backend(self.backend, restricted_region=self.restricted_region, four_k=self.four_k)
 
     def describe(self) -> str:
         if self.backend == VERTEX:
             return f"Vertex AI project {self.project} ({self.location}), credential {self.id}"
         return f"Gemini API key {self.id}"
 
-    def client(self, settings: GoogleSettings) -> genai.Client:
-        """The SDK client of this credential, made on first use and kept."""
-        if self._client is None:
-            timeout_ms = int(settings.request_timeout * 1000)
-            if self.backend == GEMINI:
-                options = types.HttpOptions(
-                    base_url=settings.base_url,
-                    api_version=settings.gemini_api_version,
-                    timeout=timeout_ms,
-                )
-                self._client = genai.Client(
-                    vertexai=False, api_key=self.api_key, http_options=options
-                )
-            else:
-                options = types.HttpOptions(
-                    base_url=settings.vertex_base_url,
-                    api_version=settings.vertex_api_version,
-                    timeout=timeout_ms,
-                )
-                self._client = genai.Client(
-                    vertexai=True,
-                    project=self.project,
-                    location=self.location,
-                    credentials=self.google_credentials,
-                    http_options=options,
-                )
-        return self._client
+    async def headers(self, refresh_timeout: float) -> dict[str, str]:
+        """The authentication headers of one request: the API key, or a bearer token
+        (refreshed through google-auth in a thread when it is missing or expired)."""
+        if self.backend == GEMINI:
+            return {"x-goog-api-key": str(self.api_key)}
+        token = await asyncio.to_thread(self._access_token, refresh_timeout)
+        return {"Authorization": f"Bearer {token}"}
+
+    def _access_token(self, timeout: float) -> str:
+        creds = self.google_credentials
+        if creds is None:
+            raise CredentialError(f"no Google credentials for {self.describe()}")
+        with self._token_lock:
+            if not creds.valid:
+                creds.refresh(HttpxAuthRequest(timeout))
+            return str(creds.token)
+
+
+class HttpxAuthRequest:
+    """google-auth's transport interface (`google.auth.transport.Request`) over httpx, so that
+    token refreshes need no other HTTP library. Blocking: called from a thread."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+
+    def __call__(
+        self,
+        url: str,
+        method: str = "GET",
+        body: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+        **kwargs: Any,
+    ) -> _AuthResponse:
+        import google.auth.exceptions
+
+        try:
+            response = httpx.request(
+                method,
+                url,
+                content=body,
+                headers=dict(headers or {}),
+                timeout=timeout or self.timeout,
+            )
+        except httpx.HTTPError as exc:
+            raise google.auth.exceptions.TransportError(exc) from exc  # type: ignore[no-untyped-call]
+        return _AuthResponse(response.status_code, dict(response.headers), response.content)
+
+
+@dataclass
+class _AuthResponse:
+    """google-auth's `transport.Response`: status, headers, data."""
+
+    status: int
+    headers: dict[str, str]
+    data: bytes
 
 
 def _gemini_id(entry: GeminiKey) -> str:
@@ -132,6 +169,7 @@ def build_credentials(settings: GoogleSettings) -> list[Credential]:
                 backend=GEMINI,
                 max_concurrency=key.max_concurrency or settings.max_concurrency,
                 api_key=key.key.get_secret_value(),
+                restricted_region=key.restricted_region,
             )
         )
     for entry in settings.vertex_credentials():
@@ -143,6 +181,7 @@ def build_credentials(settings: GoogleSettings) -> list[Credential]:
                 project=entry.project,
                 location=entry.location,
                 google_credentials=_vertex_google_credentials(entry),
+                four_k=settings.vertex_4k,
             )
         )
     seen: set[str] = set()
@@ -173,6 +212,10 @@ class CredentialPool:
 
     def backends(self) -> set[str]:
         return {c.backend for c in self.credentials}
+
+    def profiles(self) -> list[Backend]:
+        """The distinct backends (with their account's restrictions) configured here."""
+        return list(dict.fromkeys(c.profile for c in self.credentials))
 
     def candidates(
         self, usable: Callable[[Credential], bool], exclude: set[str]

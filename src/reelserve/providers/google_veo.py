@@ -1,73 +1,125 @@
-"""Google Veo 3.1 through the official `google-genai` SDK, on the Gemini API and on Vertex AI.
+"""Google Veo 3.1 over Google's documented REST API, on the Gemini API and on Vertex AI.
 
-One task is one upstream long-running operation:
+Every byte sent to Google is built in this module (`request_body`), with httpx; google-auth is
+used only to mint Vertex AI access tokens. The endpoints:
 
-1. **Submit.** A credential is taken from the pool (round-robin, per-credential concurrency
-   limit, only credentials whose backend can serve the request). Before the request leaves,
-   the checkpoint says `phase: submitting` with the credential; as soon as the SDK returns the
-   operation, the checkpoint says `phase: polling` with the operation name and credential,
-   before anything else happens. A 429 fails over to the next credential; 5xx and network
-   failures that certainly did not reach Google are retried with backoff (honouring
-   Retry-After); any other 4xx fails the task with Google's reason.
-2. **Poll** the operation with backoff and jitter until it is done, the task's deadline passes
-   (error `timeout`) or the client cancels. A resumed attempt (another worker, after a crash)
-   finds `phase: polling` and polls the same operation with the same credential: it never
-   submits again. A resumed attempt that finds `phase: submitting` cannot know whether Google
-   accepted that request, so it fails the task with a clear message instead of paying twice.
-3. **Download** each video once into the attempt's work directory (Gemini API: the file URI
-   with the key; Vertex AI: inline bytes, or `gs://` objects through Cloud Storage), and hand
-   the MP4s to the worker, which probes, thumbnails and stores them.
+- Gemini API (`x-goog-api-key`): `POST {base}/v1beta/models/M:predictLongRunning`, then
+  `GET {base}/v1beta/{operation}` until done, then `GET {base}/v1beta/files/F:download?alt=media`,
+  which answers with a redirect to the file (followed without the key).
+- Vertex AI (bearer token): `POST .../publishers/google/models/M:predictLongRunning`, then
+  `POST .../M:fetchPredictOperation {"operationName": ...}`; videos come inline (base64) or, with
+  `storageUri`, as `gs://` objects read through the Cloud Storage JSON API.
 
-Where a backend does not take a seed parameter, reelserve does the same thing itself: the
-Gemini API takes no `resizeMode` (the image sent is the frame reelserve already padded or
-cropped to the output size) and no `generateAudio` (it always generates audio; reelserve drops
-the audio track when the request said `generate_audio: false`). See docs/providers/google-veo.md.
+What each backend accepts is `providers/veo_rules.py`. The submit check refuses a request no
+configured credential can serve; here, a credential is only ever chosen among those whose
+backend serves the request exactly as asked.
+
+One task is one or more upstream operations. A backend gives at most `samples_per_request`
+videos per request (the Gemini API one), so `sample_count` fans out into as many operations as
+needed, each checkpointed on its own:
+
+1. **Submit.** Before a request leaves, its checkpoint entry says `phase: submitting` with the
+   credential; as soon as Google answers with the operation's name, it says `phase: polling`.
+   A 429 fails over to the next credential (waiting as Google's `RetryInfo` or `Retry-After`
+   says once all are exhausted); 5xx and network failures that certainly did not reach Google
+   are retried with backoff; any other 4xx fails that operation with Google's reason.
+2. **Poll** each operation with backoff and jitter until it is done, the task's deadline passes
+   (`timeout`) or the client cancels. A resumed attempt (another worker, after a crash) polls the
+   checkpointed operations with their own credentials and never submits them again. An entry
+   found in `phase: submitting` cannot be known to have reached Google, so it is not sent again
+   either: that sample is reported missing rather than risk paying twice.
+3. **Download** each video once into the attempt's work directory and hand the MP4s to the
+   worker, which probes, thumbnails and stores them.
+
+Samples removed by Google's safety filters, or whose operation failed, are reported in the
+task's result (`withheld`); the task completes with the rest, and fails (`content_filtered`
+when every sample was filtered) only when none is left. Where a backend takes no parameter for
+a seed field, reelserve does the work itself: the Gemini API takes no `resizeMode` (the image
+sent is already padded or cropped to the output's aspect ratio) and no `generateAudio` (it
+always generates audio; reelserve drops the track when `generate_audio` is false).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import copy
 import email.utils
-import functools
-import io
+import json
 import logging
 import math
 import random
 import re
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit
 
 import httpx
-from google.genai import errors as genai_errors
-from google.genai import types
 
+from reelserve.domain.errors import InvalidRequest
 from reelserve.domain.models import ModelEntry
 from reelserve.domain.spec import GenerationSpec
 from reelserve.domain.task import ErrorCode
-from reelserve.providers.base import Clip, ProviderError, RunContext, Usage
+from reelserve.media.images import ImageInputError, upload_image
+from reelserve.providers import veo_rules as rules
+from reelserve.providers.base import Clip, ProviderError, RunContext, Usage, Withheld
 from reelserve.providers.google_credentials import (
-    GEMINI,
-    VERTEX,
     Credential,
+    CredentialError,
     CredentialPool,
     build_credentials,
 )
+from reelserve.providers.veo_rules import GEMINI, VERTEX, Backend
 from reelserve.settings_google import GoogleSettings
 
 log = logging.getLogger("reelserve.google_veo")
 R = TypeVar("R")
 
-# The seed's values -> the upstream's.
-PERSON_GENERATION = {"allow_adult": "allow_adult", "disallow": "dont_allow"}
-RESOLUTION = {"720p": "720p", "1080p": "1080p", "4K": "4k"}
-RESIZE_MODE = {"pad": types.ImageResizeMode.PAD, "crop": types.ImageResizeMode.CROP}
 # Messages of failed operations that mean Google's safety filters refused the request.
-SAFETY_WORDS = ("usage guidelines", "responsible ai", "safety filter")
+SAFETY_WORDS = ("usage guidelines", "responsible ai", "safety filter", "rai ")
 MAX_REASON_CHARS = 600
+MAX_ERROR_BODY = 64 * 1024
+
+
+class GoogleError(Exception):
+    """An HTTP answer of Google's other than success, in its JSON error shape
+    `{"error": {"code", "message", "status", "details"}}`."""
+
+    def __init__(
+        self, code: int, status: str, message: str, *, retry_after: float | None = None
+    ) -> None:
+        super().__init__(f"{code} {status}: {message}".strip())
+        self.code = code
+        self.status = status
+        self.message = message
+        self.retry_after = retry_after
+
+    @classmethod
+    def of(cls, response: httpx.Response, body: bytes) -> GoogleError:
+        status, message = "", ""
+        details: list[Any] = []
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            payload = None
+        error = payload.get("error") if isinstance(payload, dict) else None
+        if isinstance(error, dict):
+            status = str(error.get("status") or "")
+            message = str(error.get("message") or "")
+            found = error.get("details")
+            details = found if isinstance(found, list) else []
+        elif body:
+            message = body[:MAX_REASON_CHARS].decode("utf-8", "replace")
+        return cls(
+            response.status_code,
+            status,
+            message or response.reason_phrase,
+            retry_after=retry_after_of(response.headers, details),
+        )
 
 
 class Fault:
@@ -76,7 +128,7 @@ class Fault:
     QUOTA = "quota"  # 429: try another credential, or wait
     TRANSIENT = "transient"  # 5xx, 408, network: retry (the request certainly did no harm)
     UNSURE = "unsure"  # network failure after the request may have reached Google
-    FATAL = "fatal"  # any other 4xx, bad credentials: fail the task with the reason
+    FATAL = "fatal"  # any other 4xx, bad credentials: fail with the reason
 
     def __init__(
         self, kind: str, message: str, *, status: int | None = None, retry_after: float | None
@@ -88,43 +140,36 @@ class Fault:
 
 
 def classify(exc: BaseException) -> Fault | None:
-    """Sort an exception from the SDK (or the HTTP/auth layers below it); None for a bug."""
+    """Sort an exception from an upstream call; None for a bug."""
     import google.auth.exceptions
 
-    if isinstance(exc, genai_errors.APIError):
-        code = int(exc.code or 0)
-        detail = exc.message or str(exc)
-        message = f"{code} {exc.status or ''}".strip() + f": {detail}"
-        retry_after = retry_after_of(exc)
-        if code == 429:
-            return Fault(Fault.QUOTA, message, status=code, retry_after=retry_after)
-        if code == 408 or code >= 500:
-            return Fault(Fault.TRANSIENT, message, status=code, retry_after=retry_after)
-        return Fault(Fault.FATAL, message, status=code, retry_after=None)
+    if isinstance(exc, GoogleError):
+        if exc.code == 429:
+            return Fault(Fault.QUOTA, str(exc), status=exc.code, retry_after=exc.retry_after)
+        if exc.code == 408 or exc.code >= 500:
+            return Fault(Fault.TRANSIENT, str(exc), status=exc.code, retry_after=exc.retry_after)
+        return Fault(Fault.FATAL, str(exc), status=exc.code, retry_after=None)
     if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout):
         return Fault(Fault.TRANSIENT, f"cannot connect: {exc!r}", retry_after=None)
     if isinstance(exc, httpx.TransportError):
         return Fault(Fault.UNSURE, f"network error: {exc!r}", retry_after=None)
+    if isinstance(exc, CredentialError):
+        return Fault(Fault.FATAL, str(exc), retry_after=None)
     if isinstance(exc, google.auth.exceptions.RefreshError):
         return Fault(Fault.FATAL, f"cannot obtain a Google access token: {exc}", retry_after=None)
     if isinstance(exc, google.auth.exceptions.TransportError):
         return Fault(
             Fault.TRANSIENT, f"cannot reach Google's token service: {exc}", retry_after=None
         )
-    if isinstance(exc, ValueError):
-        # The SDK validates before sending (and a garbled answer fails to parse): either way
-        # nothing is retried, so nothing can be paid twice.
-        return Fault(Fault.FATAL, f"the Google SDK refused the request: {exc}", retry_after=None)
     return None
 
 
-def retry_after_of(exc: genai_errors.APIError) -> float | None:
-    """Seconds to wait from a `Retry-After` header (seconds or HTTP date), else from a
-    `google.rpc.RetryInfo` detail in the error body."""
-    headers = getattr(getattr(exc, "response", None), "headers", None)
-    value = headers.get("retry-after") if headers is not None else None
+def retry_after_of(headers: httpx.Headers, details: list[Any]) -> float | None:
+    """Seconds to wait: a `Retry-After` header (seconds or HTTP date), else the `retryDelay`
+    of a `google.rpc.RetryInfo` detail in the error body (e.g. "17s", "0.5s")."""
+    value = headers.get("retry-after")
     if value:
-        value = str(value).strip()
+        value = value.strip()
         try:
             return max(0.0, float(value))
         except ValueError:
@@ -135,13 +180,14 @@ def retry_after_of(exc: genai_errors.APIError) -> float | None:
             when = None
         if when is not None:
             return max(0.0, when.timestamp() - time.time())
-    details = exc.details if isinstance(exc.details, dict) else {}
-    error = details.get("error", details)
-    for item in error.get("details") or [] if isinstance(error, dict) else []:
+    for item in details:
         if isinstance(item, dict) and str(item.get("@type", "")).endswith("RetryInfo"):
-            delay = str(item.get("retryDelay", "")).rstrip("s")
+            delay = item.get("retryDelay")
+            if isinstance(delay, dict):  # the proto form {"seconds": n, "nanos": n}
+                seconds = float(delay.get("seconds", 0)) + float(delay.get("nanos", 0)) / 1e9
+                return max(0.0, seconds)
             try:
-                return max(0.0, float(delay))
+                return max(0.0, float(str(delay).strip().rstrip("s")))
             except ValueError:
                 return None
     return None
@@ -151,14 +197,77 @@ def _clip(text: str) -> str:
     return text if len(text) <= MAX_REASON_CHARS else text[: MAX_REASON_CHARS - 3] + "..."
 
 
+def request_body(
+    spec: GenerationSpec,
+    backend: Backend,
+    op: dict[str, Any],
+    images: dict[str, tuple[bytes, str]],
+    *,
+    storage_uri: str | None,
+) -> dict[str, Any]:
+    """The JSON body of one `predictLongRunning` request: every seed field under Google's name,
+    as far as the backend takes it (veo_rules.py says which)."""
+    applied = rules.applied(spec, backend)
+    instance: dict[str, Any] = {"prompt": spec.prompt}
+    for name, key in (("first", "image"), ("last", "lastFrame")):
+        if name in images:
+            data, mime = images[name]
+            instance[key] = {
+                "bytesBase64Encoded": base64.b64encode(data).decode(),
+                "mimeType": mime,
+            }
+    params: dict[str, Any] = {
+        "aspectRatio": spec.aspect_ratio,
+        "resolution": rules.RESOLUTION_UPSTREAM[spec.resolution],
+        "durationSeconds": spec.duration,
+    }
+    if spec.person_generation_given:
+        # Omitted, Google applies its own default (`applied.person_generation`, which the
+        # result reports); users report live answers that differ from the documented values.
+        params["personGeneration"] = applied.person_generation
+    if spec.negative_prompt:
+        params["negativePrompt"] = spec.negative_prompt
+    if applied.seed:
+        params["seed"] = int(op["seed"])
+    if applied.samples_per_request > 1:
+        params["sampleCount"] = int(op["samples"])
+    if applied.generate_audio:
+        params["generateAudio"] = spec.generate_audio
+    if applied.resize_mode and "first" in images:
+        params["resizeMode"] = spec.resize_mode
+    if applied.storage_uri and storage_uri:
+        params["storageUri"] = storage_uri
+    return {"instances": [instance], "parameters": params}
+
+
 @dataclass
 class _Run:
-    """One attempt at one task: the spec, context and the deadline shared by every step."""
+    """One attempt at one task: what every operation of it shares."""
 
     spec: GenerationSpec
     ctx: RunContext
     entry: ModelEntry
+    state: dict[str, Any]
     deadline_at: float
+    fractions: dict[int, float] = field(default_factory=dict)
+    images: dict[str, dict[str, tuple[bytes, str]]] = field(default_factory=dict)
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @property
+    def ops(self) -> list[dict[str, Any]]:
+        ops: list[dict[str, Any]] = self.state.setdefault("ops", [])
+        return ops
+
+    async def save(self) -> None:
+        """Checkpoint the whole provider state (every operation's entry) durably."""
+        async with self._lock:
+            await self.ctx.checkpoint(copy.deepcopy(self.state))
+
+    def progress(self, op: dict[str, Any], fraction: float) -> None:
+        """Progress of one operation; the task's is the mean over its samples."""
+        self.fractions[int(op["index"])] = fraction
+        done = sum(self.fractions.get(int(o["index"]), 0.0) * int(o["samples"]) for o in self.ops)
+        self.ctx.report_progress(done / max(1, self.spec.sample_count))
 
     def check(self) -> None:
         """Raise if the client cancelled (or the worker stops), or the deadline passed."""
@@ -172,6 +281,25 @@ class _Run:
                 "Google did not finish the video before this task's deadline "
                 f"({self.entry.id}); the task was stopped",
             )
+
+
+@dataclass
+class _Done:
+    """What one finished operation gave: its videos, and the samples Google withheld."""
+
+    op: dict[str, Any]
+    clips: list[Clip]
+    filtered: int  # removed by the safety filters
+    reasons: list[str]
+    missing: int = 0  # neither delivered nor reported filtered
+
+
+@dataclass
+class _Failed:
+    """One operation that gave nothing, and why."""
+
+    op: dict[str, Any]
+    error: ProviderError
 
 
 class GoogleVeoProvider:
@@ -191,30 +319,71 @@ class GoogleVeoProvider:
         if credentials is None:
             credentials = build_credentials(settings)
         self.pool = CredentialPool(credentials)
+        self._http: httpx.AsyncClient | None = None
+        self._http_loop: asyncio.AbstractEventLoop | None = None
 
     # -- capabilities ------------------------------------------------------------------------
 
-    def fit_model(self, entry: ModelEntry) -> ModelEntry:
-        """The model's capability table as the configured backends can serve it: 4K exists on
-        the Gemini API only, so a server with only Vertex AI credentials does not offer it."""
-        if GEMINI in self.pool.backends() or "4K" not in entry.resolutions:
-            return entry
-        resolutions = [r for r in entry.resolutions if r != "4K"]
-        durations = {k: v for k, v in entry.resolution_durations.items() if k != "4K"}
-        return entry.model_copy(
-            update={"resolutions": resolutions, "resolution_durations": durations}
-        )
+    def admit(self, spec: GenerationSpec) -> None:
+        """The submit check: a 400 unless some configured credential serves `spec` as asked."""
+        admit(spec, self.pool.profiles())
 
-    @staticmethod
-    def serves(cred: Credential, spec: GenerationSpec) -> bool:
-        """Whether this credential's backend accepts the request (4K: Gemini API only)."""
-        return not (cred.backend == VERTEX and spec.resolution == "4K")
+    def fit_model(self, entry: ModelEntry) -> ModelEntry:
+        """The model's capability table as the configured backends can serve it."""
+        return fit_model(entry, self.pool.profiles())
 
     def upstream_model(self, entry: ModelEntry, backend: str) -> str:
         gemini = str(entry.options.get("upstream_model") or "")
         if backend == VERTEX:
             return str(entry.options.get("vertex_model") or gemini)
         return gemini
+
+    # -- HTTP --------------------------------------------------------------------------------
+
+    def http(self) -> httpx.AsyncClient:
+        """One connection pool per event loop, kept between tasks (a poll is one light GET)."""
+        loop = asyncio.get_running_loop()
+        if self._http is None or self._http_loop is not loop:
+            self._http = httpx.AsyncClient(
+                timeout=httpx.Timeout(self.settings.request_timeout),
+                limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+                follow_redirects=False,
+                trust_env=False,
+            )
+            self._http_loop = loop
+        return self._http
+
+    def _vertex_base(self, cred: Credential) -> str:
+        if self.settings.vertex_base_url:
+            return self.settings.vertex_base_url.rstrip("/")
+        return f"https://{cred.location}-aiplatform.googleapis.com"
+
+    def _model_url(self, cred: Credential, model: str) -> str:
+        s = self.settings
+        if cred.backend == GEMINI:
+            return f"{s.base_url.rstrip('/')}/{s.gemini_api_version}/models/{model}"
+        return (
+            f"{self._vertex_base(cred)}/{s.vertex_api_version}/projects/{cred.project}"
+            f"/locations/{cred.location}/publishers/google/models/{model}"
+        )
+
+    async def _call(
+        self, cred: Credential, method: str, url: str, body: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """One JSON request with the credential's authentication; GoogleError unless 2xx."""
+        headers = await cred.headers(self.settings.request_timeout)
+        response = await self.http().request(method, url, json=body, headers=headers)
+        if response.status_code >= 300:
+            raise GoogleError.of(response, response.content[:MAX_ERROR_BODY])
+        try:
+            payload = response.json()
+        except ValueError:
+            raise GoogleError(
+                response.status_code, "", "Google answered with a body that is not JSON"
+            ) from None
+        if not isinstance(payload, dict):
+            raise GoogleError(response.status_code, "", "Google answered with a non-object")
+        return payload
 
     # -- run ---------------------------------------------------------------------------------
 
@@ -224,83 +393,180 @@ class GoogleVeoProvider:
             raise ProviderError(
                 ErrorCode.PROVIDER_NOT_CONFIGURED, f'model "{spec.model}" is not configured'
             )
-        state = dict(ctx.resume_state or {})
-        if state.get("phase") == "submitting":
-            raise ProviderError(
-                ErrorCode.UPSTREAM_ERROR,
-                "an earlier attempt at this task stopped while its request to Google was in "
-                f"flight ({state.get('credential')}); Google may have accepted and billed it, "
-                "so reelserve does not send it again. Submit a new task to try again.",
-            )
+        state = _current_state(ctx.resume_state, spec)
         deadline_at = float(state.get("deadline_at") or time.time() + self.settings.deadline)
-        run = _Run(spec=spec, ctx=ctx, entry=entry, deadline_at=deadline_at)
-        if state.get("operation"):
-            cred = self.pool.by_id.get(str(state.get("credential")))
-            if cred is None:
+        state["deadline_at"] = deadline_at
+        run = _Run(spec=spec, ctx=ctx, entry=entry, state=state, deadline_at=deadline_at)
+        jobs: list[asyncio.Task[_Done | _Failed]] = []
+        try:
+            for op in run.ops:
+                jobs.append(asyncio.create_task(self._operation(run, op, None)))
+            remaining = spec.sample_count - sum(int(op["samples"]) for op in run.ops)
+            while remaining > 0:
+                cred = await self._acquire(run, 1)
+                per_request = rules.applied(spec, cred.profile).samples_per_request
+                samples = min(remaining, per_request)
+                index = spec.sample_count - remaining
+                op = {"index": index, "samples": samples, "seed": spec.sample_seed(index)}
+                run.ops.append(op)
+                jobs.append(asyncio.create_task(self._operation(run, op, cred)))
+                remaining -= samples
+            outcomes = await asyncio.gather(*jobs, return_exceptions=True)
+        except BaseException:
+            for job in jobs:
+                job.cancel()
+            await asyncio.gather(*jobs, return_exceptions=True)
+            raise
+        return self._outcome(run, outcomes)
+
+    def _outcome(self, run: _Run, outcomes: list[_Done | _Failed | BaseException]) -> list[Clip]:
+        """The task's clips in sample order, and what Google withheld; raises when none."""
+        clips: list[Clip] = []
+        withheld: list[Withheld] = []
+        errors: list[ProviderError] = []
+        filtered = ErrorCode.CONTENT_FILTERED.value
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome  # cancelled, shutting down, lease lost, or a bug
+            if isinstance(outcome, _Failed):
+                errors.append(outcome.error)
+                count = int(outcome.op["samples"])
+                withheld.append(Withheld(outcome.error.code, count, outcome.error.message))
+                continue
+            clips.extend(outcome.clips)
+            if outcome.filtered:
+                why = f": {_clip('; '.join(outcome.reasons))}" if outcome.reasons else ""
+                message = f"Google's safety filters removed {outcome.filtered} video(s){why}"
+                withheld.append(
+                    Withheld(filtered, outcome.filtered, message, tuple(outcome.reasons))
+                )
+            if outcome.missing:
+                message = f"Google returned {outcome.missing} video(s) fewer than asked"
+                withheld.append(Withheld(ErrorCode.UPSTREAM_ERROR.value, outcome.missing, message))
+        if not clips:
+            if errors:
+                raise errors[0]
+            if withheld and all(w.code == filtered for w in withheld):
+                reasons = [r for w in withheld for r in w.reasons]
+                why = "; ".join(reasons) or f"{sum(w.count for w in withheld)} video(s) removed"
+                raise ProviderError(
+                    ErrorCode.CONTENT_FILTERED,
+                    f"Google's safety filters removed the video: {_clip(why)}",
+                )
+            raise ProviderError(ErrorCode.UPSTREAM_ERROR, "Google finished without any video")
+        if withheld:
+            log.warning(
+                "task %s: %d of %d samples withheld: %s",
+                run.ctx.task_id,
+                sum(w.count for w in withheld),
+                run.spec.sample_count,
+                "; ".join(w.message for w in withheld),
+            )
+            run.ctx.report_withheld(withheld)
+        return clips
+
+    async def _acquire(
+        self, run: _Run, samples: int, exclude: set[str] | None = None
+    ) -> Credential:
+        """A slot on a credential that serves the spec and gives `samples` per request."""
+        spec = run.spec
+
+        def usable(cred: Credential) -> bool:
+            profile = cred.profile
+            return (
+                rules.serves(spec, profile)
+                and rules.applied(spec, profile).samples_per_request >= samples
+            )
+
+        cred = await self.pool.acquire(usable, exclude or set(), run.check)
+        if cred is None:
+            refused = rules.refusal(spec, self.pool.profiles())
+            why = refused[1] if refused else "every credential that could is exhausted"
+            raise ProviderError(ErrorCode.UPSTREAM_ERROR, f"cannot send this task to Google: {why}")
+        return cred
+
+    async def _operation(
+        self, run: _Run, op: dict[str, Any], cred: Credential | None
+    ) -> _Done | _Failed:
+        """One upstream operation from wherever its checkpoint says, to its downloaded videos.
+        `cred` is a slot already acquired for a new operation; the slot is released here."""
+        try:
+            if op.get("operation"):
+                cred = self.pool.by_id.get(str(op.get("credential")))
+                if cred is None:
+                    raise ProviderError(
+                        ErrorCode.UPSTREAM_ERROR,
+                        f"this task's operation was started with credential "
+                        f"{op.get('credential')}, which is no longer configured on this "
+                        "server; it cannot be polled",
+                    )
+                await self.pool.acquire_pinned(cred, run.check)
+                log.info("task %s: resuming operation %s", run.ctx.task_id, op["operation"])
+            elif op.get("phase") == "submitting":
                 raise ProviderError(
                     ErrorCode.UPSTREAM_ERROR,
-                    f"this task's operation was started with credential {state.get('credential')}"
-                    ", which is no longer configured on this server; it cannot be polled",
+                    "an earlier attempt stopped while the request for this sample was in flight "
+                    f"({op.get('credential')}); Google may have accepted and billed it, so "
+                    "reelserve did not send it again. Submit a new task to try again.",
                 )
-            await self.pool.acquire_pinned(cred, run.check)
-            log.info("task %s: resuming operation %s", ctx.task_id, state["operation"])
-        else:
-            cred, state = await self._submit(run)
-        try:
-            return await self._finish(run, cred, state)
-        finally:
-            self.pool.release(cred)
+            else:
+                cred = await self._submit(run, op, cred)
+            try:
+                response = await self._poll(run, op, cred)
+                return await self._collect(run, op, cred, response)
+            finally:
+                self.pool.release(cred)
+        except ProviderError as exc:
+            return _Failed(op, exc)
 
-    async def _submit(self, run: _Run) -> tuple[Credential, dict[str, Any]]:
-        """Send the request (failing over and retrying as the module docstring says) and
-        checkpoint the operation. Returns with a pool slot held on the credential used."""
+    async def _submit(self, run: _Run, op: dict[str, Any], first: Credential | None) -> Credential:
+        """Send one operation's request (failing over and retrying as the module docstring
+        says) and checkpoint its name. Returns with a pool slot held on the credential used."""
         spec, ctx = run.spec, run.ctx
-        images = await self._images(spec, ctx)
-        quota_exhausted: set[str] = set()
+        samples = int(op["samples"])
+        exhausted: set[str] = set()
         attempt = 0
         last: Fault | None = None
+        cred = first
         while True:
-            cred = await self.pool.acquire(
-                lambda c: self.serves(c, spec), quota_exhausted, run.check
-            )
             if cred is None:
-                if not quota_exhausted:
-                    raise ProviderError(
-                        ErrorCode.UPSTREAM_ERROR,
-                        f"no configured Google credential can serve {spec.resolution} "
-                        "(4K needs a Gemini API key)",
-                    )
-                # Every credential answered 429: wait as told, then go round again.
-                attempt += 1
-                if attempt > self.settings.retry_attempts:
-                    raise ProviderError(
-                        ErrorCode.UPSTREAM_ERROR,
-                        "Google's quota is exhausted on every configured credential "
-                        f"({_clip(last.message if last else '429')})",
-                    )
-                await self._backoff(run, attempt, last.retry_after if last else None)
-                quota_exhausted.clear()
-                continue
+                if exhausted and not self.pool.candidates(
+                    lambda c: rules.serves(spec, c.profile), exhausted
+                ):
+                    # Every credential answered 429: wait as told, then go round again.
+                    attempt += 1
+                    if attempt > self.settings.retry_attempts:
+                        raise ProviderError(
+                            ErrorCode.UPSTREAM_ERROR,
+                            "Google's quota is exhausted on every configured credential "
+                            f"({_clip(last.message if last else '429')})",
+                        )
+                    await self._backoff(run, attempt, last.retry_after if last else None)
+                    exhausted.clear()
+                cred = await self._acquire(run, samples, exhausted)
             model = self.upstream_model(run.entry, cred.backend)
-            base: dict[str, Any] = {
-                "credential": cred.id,
-                "backend": cred.backend,
-                "upstream_model": model,
-            }
-            base["deadline_at"] = run.deadline_at
             try:
-                source, config = self._request(
-                    spec, cred.backend, images[cred.backend], ctx.task_id
+                body = request_body(
+                    spec,
+                    cred.profile,
+                    op,
+                    await self._images(run, cred.backend),
+                    storage_uri=self._storage_uri(run, op),
+                )
+                op.update(
+                    credential=cred.id,
+                    backend=cred.backend,
+                    upstream_model=model,
+                    phase="submitting",
+                    since=time.time(),
+                    person_generation=rules.applied(spec, cred.profile).person_generation,
+                    seed_sent="seed" in body["parameters"],
                 )
                 # From here until the operation name is checkpointed, a crash leaves this
-                # mark, and the next attempt fails the task rather than submit twice.
-                await ctx.checkpoint({**base, "phase": "submitting", "since": time.time()})
-            except BaseException:
-                self.pool.release(cred)
-                raise
-            try:
-                operation = await cred.client(self.settings).aio.models.generate_videos(
-                    model=model, source=source, config=config
+                # mark, and the next attempt does not send this request again.
+                await run.save()
+                answer = await self._call(
+                    cred, "POST", self._model_url(cred, model) + ":predictLongRunning", body
                 )
             except asyncio.CancelledError:
                 self.pool.release(cred)
@@ -308,9 +574,11 @@ class GoogleVeoProvider:
             except Exception as exc:
                 self.pool.release(cred)
                 fault = classify(exc)
+                if fault is None and isinstance(exc, ProviderError | ImageInputError):
+                    raise
                 if fault is None or fault.kind == Fault.UNSURE:
                     # The request may have reached Google: the "submitting" mark stays, and
-                    # this task fails instead of risking a second, paid submission.
+                    # this sample fails instead of risking a second, paid submission.
                     reason = fault.message if fault else repr(exc)
                     raise ProviderError(
                         ErrorCode.UPSTREAM_ERROR,
@@ -319,11 +587,13 @@ class GoogleVeoProvider:
                         "task to try again.",
                     ) from None
                 # Google answered (or the request never left): nothing was accepted.
-                await ctx.checkpoint({**base, "phase": "idle"})
+                op["phase"] = "idle"
+                await run.save()
                 last = fault
                 log.warning("task %s: submit on %s: %s", ctx.task_id, cred.id, fault.message)
+                cred = None
                 if fault.kind == Fault.QUOTA:
-                    quota_exhausted.add(cred.id)
+                    exhausted.add(str(op["credential"]))
                     continue
                 if fault.kind == Fault.FATAL:
                     raise ProviderError(
@@ -333,172 +603,169 @@ class GoogleVeoProvider:
                 attempt += 1
                 if attempt > self.settings.retry_attempts:
                     raise ProviderError(
-                        ErrorCode.UPSTREAM_ERROR,
-                        f"Google kept failing: {_clip(fault.message)}",
+                        ErrorCode.UPSTREAM_ERROR, f"Google kept failing: {_clip(fault.message)}"
                     ) from None
                 await self._backoff(run, attempt, fault.retry_after)
                 continue
-            if not operation.name:
+            name = answer.get("name")
+            if not isinstance(name, str) or not name:
                 self.pool.release(cred)
                 raise ProviderError(
                     ErrorCode.UPSTREAM_ERROR, "Google returned an operation without a name"
                 )
-            state: dict[str, Any] = {**base, "phase": "polling", "operation": operation.name}
-            state["submitted_at"] = time.time()
+            op.update(phase="polling", operation=name, submitted_at=time.time())
             try:
-                await ctx.checkpoint(state)
+                await run.save()
             except BaseException:
                 self.pool.release(cred)
                 raise
-            log.info("task %s: operation %s on %s", ctx.task_id, operation.name, cred.id)
-            ctx.report_progress(0.05)
-            return cred, state
+            log.info("task %s: operation %s on %s", ctx.task_id, name, cred.id)
+            run.progress(op, 0.05)
+            return cred
 
-    def _request(
-        self, spec: GenerationSpec, backend: str, images: dict[str, tuple[bytes, str]], task: str
-    ) -> tuple[types.GenerateVideosSource, types.GenerateVideosConfig]:
-        """The SDK's request for a spec: every seed field under the upstream's name."""
-        first = images.get("first")
-        last = images.get("last")
-        source = types.GenerateVideosSource(
-            prompt=spec.prompt,
-            image=types.Image(image_bytes=first[0], mime_type=first[1]) if first else None,
-        )
-        config = types.GenerateVideosConfig(
-            number_of_videos=spec.sample_count,
-            duration_seconds=spec.duration,
-            aspect_ratio=spec.aspect_ratio,
-            resolution=RESOLUTION[spec.resolution],
-            person_generation=PERSON_GENERATION[spec.person_generation],
-            negative_prompt=spec.negative_prompt,
-            enhance_prompt=spec.enhance_prompt,
-            last_frame=types.Image(image_bytes=last[0], mime_type=last[1]) if last else None,
-        )
-        if backend == VERTEX:
-            # The Gemini API refuses these three (the SDK raises before sending): reelserve
-            # fits the image and drops the audio itself there, and sends no seed.
-            config.seed = spec.seed
-            config.generate_audio = spec.generate_audio
-            if first is not None:
-                config.resize_mode = RESIZE_MODE[spec.resize_mode]
-            if self.settings.output_gcs_uri:
-                config.output_gcs_uri = f"{self.settings.output_gcs_uri.rstrip('/')}/{task}/"
-        return source, config
+    def _storage_uri(self, run: _Run, op: dict[str, Any]) -> str | None:
+        if not self.settings.output_gcs_uri:
+            return None
+        return f"{self.settings.output_gcs_uri.rstrip('/')}/{run.ctx.task_id}/{op['index']}/"
 
-    async def _images(
-        self, spec: GenerationSpec, ctx: RunContext
-    ) -> dict[str, dict[str, tuple[bytes, str]]]:
-        """The input images per backend: Vertex AI gets the original bytes (it fits them
-        itself, as `resizeMode` says); the Gemini API, which takes no `resizeMode`, gets the
-        frame reelserve already padded or cropped to the output size, as PNG."""
-        out: dict[str, dict[str, tuple[bytes, str]]] = {GEMINI: {}, VERTEX: {}}
-        if spec.first_frame_image is None:
-            return out
-        need_png = GEMINI in self.pool.backends()
-        for name, raw, fitted in (
-            ("first", ctx.images.first_bytes, ctx.images.first),
-            ("last", ctx.images.last_bytes, ctx.images.last),
+    async def _images(self, run: _Run, backend: str) -> dict[str, tuple[bytes, str]]:
+        """The input images as this backend takes them, made once per attempt: never larger
+        than the output, at most 20 MB, JPEG or PNG. The Gemini API, which takes no
+        `resizeMode`, gets them already padded or cropped to the output's aspect ratio;
+        Vertex AI gets them whole and fits them itself, as `resizeMode` says."""
+        if backend in run.images:
+            return run.images[backend]
+        spec = run.spec
+        fit = None if rules.applied(spec, Backend(backend)).resize_mode else spec.resize_mode
+        out: dict[str, tuple[bytes, str]] = {}
+        for name, raw in (
+            ("first", run.ctx.images.first_bytes),
+            ("last", run.ctx.images.last_bytes),
         ):
-            png = await asyncio.to_thread(_png, fitted) if need_png and fitted is not None else None
-            gemini_image = png if png is not None else raw
-            vertex_image = raw if raw is not None else png
-            if gemini_image is not None:
-                out[GEMINI][name] = gemini_image
-            if vertex_image is not None:
-                out[VERTEX][name] = vertex_image
+            if raw is None:
+                continue
+            try:
+                out[name] = await asyncio.to_thread(
+                    upload_image,
+                    raw[0],
+                    spec.width,
+                    spec.height,
+                    fit,
+                    max_bytes=rules.MAX_IMAGE_BYTES,
+                    types=rules.IMAGE_TYPES,
+                )
+            except ImageInputError as exc:
+                raise ProviderError(
+                    ErrorCode.INVALID_IMAGE, f"{name}_frame_image: {exc.message}"
+                ) from None
+        run.images[backend] = out
         return out
 
     # -- poll + download ---------------------------------------------------------------------
 
-    async def _finish(self, run: _Run, cred: Credential, state: dict[str, Any]) -> list[Clip]:
-        operation = await self._poll(run, cred, str(state["operation"]))
-        spec = run.spec
-        if operation.error:
-            error = operation.error
-            message = str(error.get("message") or error)
-            code = (
-                ErrorCode.CONTENT_FILTERED
-                if any(w in message.lower() for w in SAFETY_WORDS)
-                else ErrorCode.UPSTREAM_ERROR
-            )
-            raise ProviderError(code, f"Google could not generate the video: {_clip(message)}")
-        response = operation.response or operation.result
-        videos = [v.video for v in (response.generated_videos or []) if v.video] if response else []
-        filtered = (response.rai_media_filtered_count or 0) if response else 0
-        reasons = (response.rai_media_filtered_reasons or []) if response else []
-        if not videos:
-            if filtered or reasons:
-                why = "; ".join(reasons) or f"{filtered} video(s) removed"
-                raise ProviderError(
-                    ErrorCode.CONTENT_FILTERED,
-                    f"Google's safety filters removed the video: {_clip(why)}",
-                )
-            raise ProviderError(ErrorCode.UPSTREAM_ERROR, "Google finished without any video")
-        if filtered:
-            log.warning(
-                "task %s: Google filtered %d of %d videos: %s",
-                run.ctx.task_id,
-                filtered,
-                spec.sample_count,
-                "; ".join(reasons),
-            )
-        clips: list[Clip] = []
-        for index, video in enumerate(videos):
-            run.ctx.check_cancelled()
-            path = run.ctx.workdir / f"sample_{index}.mp4"
-            await self._download(run, cred, video, path)
-            await asyncio.to_thread(_check_video, path, spec.generate_audio)
-            seed = spec.seed if cred.backend == VERTEX else None
-            clips.append(Clip(path=path, seed=seed))
-            run.ctx.report_progress(0.9 + 0.1 * (index + 1) / len(videos))
-        return clips
-
-    async def _poll(self, run: _Run, cred: Credential, name: str) -> types.GenerateVideosOperation:
-        """Poll until done, with backoff and jitter; transient failures are retried."""
-        client = cred.client(self.settings)
-        operation = types.GenerateVideosOperation.model_validate({"name": name})
-        interval = self.settings.poll_interval
+    async def _poll(self, run: _Run, op: dict[str, Any], cred: Credential) -> dict[str, Any]:
+        """Poll until done, with backoff and jitter; transient failures are retried. Returns
+        the operation's `response`, or raises with its `error`."""
+        name = str(op["operation"])
+        model = str(op.get("upstream_model") or self.upstream_model(run.entry, cred.backend))
+        s = self.settings
+        if cred.backend == GEMINI:
+            url = f"{s.base_url.rstrip('/')}/{s.gemini_api_version}/{name}"
+            method, body = "GET", None
+        else:
+            url = self._model_url(cred, model) + ":fetchPredictOperation"
+            method, body = "POST", {"operationName": name}
+        interval = s.poll_interval
         started = time.monotonic()
         while True:
             # The deadline is checked after each answer, not before: an operation that finished
             # meanwhile (a resumed attempt after a long outage) is still collected.
-            operation = await self._retrying(
+            answer = await self._retrying(
                 run,
-                functools.partial(client.aio.operations.get, operation),
+                lambda: self._call(cred, method, url, body),
                 refused=f"Google refused to report on operation {name}",
                 failing="polling Google",
                 within_deadline=True,
             )
-            if operation.done:
-                run.ctx.report_progress(0.9)
-                return operation
+            if answer.get("done"):
+                run.progress(op, 0.9)
+                error = answer.get("error")
+                if isinstance(error, dict):
+                    message = str(error.get("message") or error)
+                    code = (
+                        ErrorCode.CONTENT_FILTERED
+                        if any(w in message.lower() for w in SAFETY_WORDS)
+                        else ErrorCode.UPSTREAM_ERROR
+                    )
+                    raise ProviderError(
+                        code,
+                        f"Google could not generate the video (error {error.get('code')}): "
+                        f"{_clip(message)}",
+                    )
+                response = answer.get("response")
+                return response if isinstance(response, dict) else {}
             elapsed = time.monotonic() - started
             expected = max(1.0, float(run.entry.estimated_time))
-            run.ctx.report_progress(0.05 + 0.85 * (1 - math.exp(-elapsed / expected)))
+            run.progress(op, 0.05 + 0.85 * (1 - math.exp(-elapsed / expected)))
             run.check_deadline()
-            jitter = self.settings.poll_jitter
+            jitter = s.poll_jitter
             await self._sleep(run, interval * random.uniform(1 - jitter, 1 + jitter))
-            interval = min(self.settings.poll_max_interval, interval * self.settings.poll_backoff)
+            interval = min(s.poll_max_interval, interval * s.poll_backoff)
 
-    async def _download(self, run: _Run, cred: Credential, video: types.Video, path: Path) -> None:
+    async def _collect(
+        self, run: _Run, op: dict[str, Any], cred: Credential, response: dict[str, Any]
+    ) -> _Done:
+        """Download the videos of a finished operation; record what it delivered."""
+        samples, filtered, reasons = _samples(response)
+        spec = run.spec
+        clips: list[Clip] = []
+        seed = int(op["seed"]) if op.get("seed_sent") else None
+        upstream_person = str(op.get("person_generation") or "")
+        person = rules.PERSON_CLIENT.get(upstream_person, upstream_person or None)
+        for offset, sample in enumerate(samples[: int(op["samples"])]):
+            run.ctx.check_cancelled()
+            path = run.ctx.workdir / f"sample_{int(op['index']) + offset}.mp4"
+            await self._download(run, cred, sample, path)
+            await asyncio.to_thread(_check_video, path, spec.generate_audio)
+            clips.append(Clip(path=path, seed=seed, person_generation=person))
+            run.progress(op, 0.9 + 0.1 * (offset + 1) / len(samples))
+        shortfall = int(op["samples"]) - len(clips)
+        if filtered:
+            filtered = min(filtered, shortfall)
+        elif reasons:
+            filtered = shortfall
+        missing = shortfall - filtered
+        if not clips and not filtered:
+            raise ProviderError(ErrorCode.UPSTREAM_ERROR, "Google finished without any video")
+        op.update(delivered=len(clips), filtered=filtered)
+        await run.save()
+        return _Done(op=op, clips=clips, filtered=filtered, reasons=reasons, missing=missing)
+
+    async def _download(
+        self, run: _Run, cred: Credential, sample: dict[str, Any], path: Path
+    ) -> None:
         """One video into `path`, retrying transient failures (downloads are idempotent)."""
-        if video.video_bytes:
-            await asyncio.to_thread(path.write_bytes, video.video_bytes)
+        inline = sample.get("bytesBase64Encoded") or sample.get("encodedVideo")
+        if isinstance(inline, str) and inline:
+            try:
+                data = await asyncio.to_thread(base64.b64decode, inline, validate=True)
+            except (binascii.Error, ValueError):
+                raise ProviderError(
+                    ErrorCode.UPSTREAM_ERROR, "Google returned a video whose base64 is invalid"
+                ) from None
+            await asyncio.to_thread(path.write_bytes, data)
             return
-        uri = video.uri or ""
+        uri = str(sample.get("uri") or sample.get("gcsUri") or "")
 
         async def fetch() -> None:
             if uri.startswith("gs://"):
                 await self._download_gcs(cred, uri, path)
-            elif cred.backend == GEMINI and (file_name := _gemini_file(uri)):
-                async with _AsyncFile(path) as sink:
-                    await cred.client(self.settings).aio.files.download(
-                        file=file_name, destination=sink
-                    )
+            elif cred.backend == GEMINI and (file_id := _gemini_file(uri)):
+                await self._download_gemini(cred, file_id, path)
             else:
                 raise ProviderError(
                     ErrorCode.UPSTREAM_ERROR,
-                    f"Google returned a video without bytes or a usable URI ({uri!r})",
+                    f"Google returned a video without bytes or a usable URI ({_clip(uri)!r})",
                 )
 
         # No deadline here: the video is made (and paid for) already.
@@ -509,29 +776,39 @@ class GoogleVeoProvider:
             failing="downloading the video",
         )
 
+    async def _download_gemini(self, cred: Credential, file_id: str, path: Path) -> None:
+        """`files/F:download` on the configured base URL (the key never goes to a host the
+        answer names), then the redirect it answers with, followed without the key."""
+        s = self.settings
+        url = f"{s.base_url.rstrip('/')}/{s.gemini_api_version}/files/{file_id}:download"
+        headers = await cred.headers(s.request_timeout)
+        for hop in range(6):
+            async with self.http().stream(
+                "GET", url, params={"alt": "media"} if hop == 0 else None, headers=headers
+            ) as response:
+                if response.is_redirect:
+                    location = response.headers.get("location")
+                    if not location:
+                        raise GoogleError(response.status_code, "", "a redirect without Location")
+                    url = str(response.url.join(location))
+                    headers = {}
+                    continue
+                await _save_stream(response, path)
+                return
+        raise GoogleError(310, "", "too many redirects downloading the video")
+
     async def _download_gcs(self, cred: Credential, uri: str, path: Path) -> None:
-        """A `gs://bucket/object` result (Vertex AI with `output_gcs_uri`), through the Cloud
+        """A `gs://bucket/object` result (Vertex AI with `storageUri`), through the Cloud
         Storage JSON API with the same credentials."""
         parts = urlsplit(uri)
         bucket, obj = parts.netloc, parts.path.lstrip("/")
-        token = await asyncio.to_thread(_access_token, cred.google_credentials)
         base = self.settings.storage_base_url.rstrip("/")
         url = f"{base}/download/storage/v1/b/{quote(bucket, safe='')}/o/{quote(obj, safe='')}"
-        timeout = httpx.Timeout(self.settings.request_timeout)
-        async with (
-            httpx.AsyncClient(timeout=timeout, follow_redirects=True) as http,
-            http.stream(
-                "GET", url, params={"alt": "media"}, headers={"Authorization": f"Bearer {token}"}
-            ) as response,
-        ):
-            if response.status_code != 200:
-                body = (await response.aread())[:2000]
-                raise genai_errors.APIError(
-                    response.status_code, _json_or_text(body), response=response
-                )
-            async with _AsyncFile(path) as sink:
-                async for chunk in response.aiter_bytes(1024 * 1024):
-                    await sink.write(chunk)
+        headers = await cred.headers(self.settings.request_timeout)
+        async with self.http().stream(
+            "GET", url, params={"alt": "media"}, headers=headers
+        ) as response:
+            await _save_stream(response, path)
 
     async def _retrying(
         self,
@@ -544,7 +821,7 @@ class GoogleVeoProvider:
     ) -> R:
         """`call()`, retrying transient faults (5xx, 408, 429, network) with backoff as long as
         they come fewer than `retry_attempts` times in a row; a fatal fault (`refused`) or too
-        many (`failing` ... kept failing) fail the task with Google's reason."""
+        many (`failing` ... kept failing) fail with Google's reason."""
         failures = 0
         while True:
             run.ctx.check_cancelled()
@@ -574,7 +851,7 @@ class GoogleVeoProvider:
 
     async def _backoff(self, run: _Run, attempt: int, retry_after: float | None) -> None:
         """Wait before retry `attempt` (1-based): exponential with jitter, or as long as the
-        upstream's Retry-After asks when it says."""
+        upstream asks (Retry-After, RetryInfo) when it says."""
         s = self.settings
         delay = min(s.retry_max_delay, s.retry_initial_delay * 2 ** (attempt - 1))
         delay *= random.uniform(1, 1 + s.poll_jitter)
@@ -597,56 +874,147 @@ class GoogleVeoProvider:
     # -- usage -------------------------------------------------------------------------------
 
     def usage(self, spec: GenerationSpec, state: dict[str, Any] | None, videos: int) -> Usage:
-        """What Google charges for this task, from `google.prices` (per second of video; the
-        Gemini API always generates audio, so it is always charged with audio)."""
-        state = state or {}
-        model = str(state.get("upstream_model") or "")
-        backend = str(state.get("backend") or "")
-        price = self.settings.prices.get(model)
-        with_audio = backend == GEMINI or spec.generate_audio
-        rate = 0.0 if price is None else (price.video_audio if with_audio else price.video)
+        """What Google charges for this task: each operation's delivered videos at its
+        backend's price for the model, resolution and audio (`google.prices`, per second)."""
+        ops = _current_state(state, spec).get("ops") or []
+        cost = 0.0
+        credentials: list[str] = []
+        for op in ops:
+            delivered = int(op.get("delivered") or 0)
+            backend = str(op.get("backend") or "")
+            model = str(op.get("upstream_model") or "")
+            price = self.settings.prices.get(backend, {}).get(model, {}).get(spec.resolution)
+            if price is not None and delivered:
+                with_audio = backend == GEMINI or spec.generate_audio or price.video is None
+                rate = price.video_audio if with_audio else float(price.video or 0.0)
+                cost += rate * spec.duration * delivered
+            if op.get("credential") and str(op["credential"]) not in credentials:
+                credentials.append(str(op["credential"]))
         return Usage(
-            cost=round(rate * spec.duration * videos, 6),
+            cost=round(cost, 6),
             currency=self.settings.currency,
-            credential=str(state.get("credential")) if state.get("credential") else None,
+            credential=",".join(credentials) or None,
         )
 
 
-def _gemini_file(uri: str) -> str | None:
-    """`files/<id>` of a Gemini API video URI (`.../v1beta/files/<id>:download?alt=media`).
-
-    The SDK derives the same name from `https://` URIs only; taking it here keeps downloads
-    working through an `http://` proxy or base URL as well."""
-    match = re.search(r"/files/([a-z0-9]+)", uri)
-    return f"files/{match.group(1)}" if match else None
+# -- the submit check and /v1/models, shared with API hosts that hold no credentials ---------
 
 
-def _png(frame: Any) -> tuple[bytes, str]:
-    from PIL import Image
+class VeoCapabilities:
+    """Veo's submit check and model listing for an API host that runs no Veo poller and holds
+    no Google credentials (`remote_providers`): it trusts `google.remote_backends` to say which
+    backends the pollers hold. The poller checks again with its own credentials."""
 
-    buffer = io.BytesIO()
-    Image.fromarray(frame).save(buffer, format="PNG")
-    return buffer.getvalue(), "image/png"
+    def __init__(self, profiles: list[Backend]) -> None:
+        self.profiles = profiles
+
+    @classmethod
+    def of_backends(cls, kinds: Sequence[str], *, vertex_4k: bool) -> VeoCapabilities:
+        return cls([Backend(k, four_k=vertex_4k and k == VERTEX) for k in dict.fromkeys(kinds)])
+
+    def admit(self, spec: GenerationSpec) -> None:
+        admit(spec, self.profiles)
+
+    def fit_model(self, entry: ModelEntry) -> ModelEntry:
+        return fit_model(entry, self.profiles)
 
 
-def _access_token(credentials: Any) -> str:
-    """A valid OAuth token of google-auth credentials, refreshed if needed (blocking)."""
-    import google.auth.transport.requests
-
-    if credentials is None:
-        raise ProviderError(ErrorCode.UPSTREAM_ERROR, "no Google credentials for Cloud Storage")
-    if not credentials.valid:
-        credentials.refresh(google.auth.transport.requests.Request())
-    return str(credentials.token)
+def admit(spec: GenerationSpec, profiles: list[Backend]) -> None:
+    """Raise a 400 (`InvalidRequest` with `param`) unless some backend serves `spec`."""
+    refused = rules.refusal(spec, profiles)
+    if refused is not None:
+        param, message = refused
+        raise InvalidRequest(message, param=param)
 
 
-def _json_or_text(body: bytes) -> Any:
-    import json
+def profile_label(profile: Backend) -> str:
+    return profile.kind + (" (restricted region)" if profile.restricted_region else "")
 
+
+def fit_model(entry: ModelEntry, profiles: list[Backend]) -> ModelEntry:
+    """`entry` as these backends can serve it: the resolutions (and their durations) some
+    backend serves, and per backend what it can do (`GET /v1/models`)."""
+    if not profiles:
+        return entry
+    resolutions = [
+        r for r in entry.resolutions if any(rules.resolution_rule(p, r) for p in profiles)
+    ]
+    durations: dict[str, list[int]] = {}
+    for resolution in resolutions:
+        allowed = sorted(
+            {
+                d
+                for p in profiles
+                if (row := rules.resolution_rule(p, resolution)) is not None
+                for d in row.durations
+                if d in entry.durations
+            }
+        )
+        if allowed != sorted(entry.durations):
+            durations[resolution] = allowed
+    backends = {profile_label(p): rules.describe(p) for p in profiles}
+    return entry.model_copy(
+        update={"resolutions": resolutions, "resolution_durations": durations, "backends": backends}
+    )
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def _current_state(state: dict[str, Any] | None, spec: GenerationSpec) -> dict[str, Any]:
+    """The provider checkpoint in today's shape (a list of operations). A checkpoint of an
+    earlier release (one operation for the whole task) becomes one entry."""
+    current: dict[str, Any] = copy.deepcopy(state or {})
+    if "ops" not in current and current.get("phase") in ("submitting", "polling"):
+        op: dict[str, Any] = {
+            key: current.pop(key)
+            for key in ("phase", "operation", "credential", "backend", "upstream_model", "since")
+            if key in current
+        }
+        op.update(index=0, samples=spec.sample_count, seed=spec.seed, seed_sent=False)
+        current["ops"] = [op]
+    current.setdefault("ops", [])
+    return current
+
+
+def _samples(response: dict[str, Any]) -> tuple[list[dict[str, Any]], int, list[str]]:
+    """The videos of a finished operation, and how many safety filters removed (and why), in
+    either backend's shape: the Gemini API's `generateVideoResponse.generatedSamples[].video`
+    or Vertex AI's `videos[]`."""
+    inner = response.get("generateVideoResponse")
+    source = inner if isinstance(inner, dict) else response
+    videos: list[dict[str, Any]] = []
+    for item in source.get("generatedSamples") or []:
+        if isinstance(item, dict) and isinstance(item.get("video"), dict):
+            videos.append(item["video"])
+    for item in source.get("videos") or []:
+        if isinstance(item, dict):
+            videos.append(item)
     try:
-        return json.loads(body)
-    except ValueError:
-        return {"error": {"message": body.decode("utf-8", "replace")}}
+        filtered = int(source.get("raiMediaFilteredCount") or 0)
+    except (TypeError, ValueError):
+        filtered = 0
+    reasons = [str(r) for r in source.get("raiMediaFilteredReasons") or [] if r]
+    return videos, filtered, reasons
+
+
+def _gemini_file(uri: str) -> str | None:
+    """The file id of a Gemini API video URI (`.../v1beta/files/<id>:download?alt=media`)."""
+    match = re.search(r"/files/([A-Za-z0-9_-]+)", uri)
+    return match.group(1) if match else None
+
+
+async def _save_stream(response: httpx.Response, path: Path) -> None:
+    """A streamed 200 answer into `path` (writes in a thread); GoogleError otherwise."""
+    if response.status_code != 200:
+        body = (await response.aread())[:MAX_ERROR_BODY]
+        raise GoogleError.of(response, body)
+    handle = await asyncio.to_thread(path.open, "wb")
+    try:
+        async for chunk in response.aiter_bytes(1024 * 1024):
+            await asyncio.to_thread(handle.write, chunk)
+    finally:
+        await asyncio.to_thread(handle.close)
 
 
 def _check_video(path: Path, keep_audio: bool) -> None:
@@ -685,22 +1053,3 @@ def _drop_audio(path: Path) -> None:
             packet.stream = video_out
             out.mux(packet)
     out_path.replace(path)
-
-
-class _AsyncFile(io.IOBase):
-    """A file written from the event loop without blocking it: every write goes to a thread."""
-
-    def __init__(self, path: Path) -> None:
-        super().__init__()
-        self.path = path
-        self._file: Any = None
-
-    async def __aenter__(self) -> _AsyncFile:
-        self._file = await asyncio.to_thread(self.path.open, "wb")
-        return self
-
-    async def write(self, chunk: bytes) -> int:
-        return int(await asyncio.to_thread(self._file.write, chunk))
-
-    async def __aexit__(self, *exc: object) -> None:
-        await asyncio.to_thread(self._file.close)

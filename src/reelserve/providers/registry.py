@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from reelserve.domain.models import ModelEntry
-from reelserve.providers.base import Provider
+from reelserve.providers.base import Capabilities, Provider
 from reelserve.providers.sandbox import SandboxProvider
 from reelserve.settings import Settings
 
@@ -41,16 +41,34 @@ def build_providers(settings: Settings) -> dict[str, Provider]:
     return providers
 
 
+def build_capabilities(
+    settings: Settings, providers: dict[str, Provider]
+) -> dict[str, Capabilities]:
+    """The submit checks and model fitting of the providers that have them, by name: those
+    of the providers this process runs, and Veo's on an API host whose pollers run elsewhere
+    (`remote_providers`: it knows their backends from `google.remote_backends`)."""
+    found: dict[str, Capabilities] = {
+        name: p for name, p in providers.items() if isinstance(p, Capabilities)
+    }
+    if "google_veo" not in found and "google_veo" in settings.remote_providers:
+        from reelserve.providers.google_veo import VeoCapabilities
+
+        found["google_veo"] = VeoCapabilities.of_backends(
+            settings.google.remote_backends, vertex_4k=settings.google.vertex_4k
+        )
+    return found
+
+
 def fit_models(
-    models: dict[str, ModelEntry], providers: dict[str, Provider]
+    models: dict[str, ModelEntry], capabilities: dict[str, Capabilities]
 ) -> dict[str, ModelEntry]:
-    """Each model's capability table as its configured provider can serve it (a provider may
-    narrow it, e.g. Veo without a Gemini API key has no 4K), so that `GET /v1/models` and the
-    submit checks both say what the upstream will accept."""
+    """Each model's capability table as its provider's configured backends can serve it (e.g.
+    Veo without a Gemini API key has no 4K), so that `GET /v1/models` and the submit checks
+    both say what the upstream will accept."""
     fitted: dict[str, ModelEntry] = {}
     for model_id, entry in models.items():
-        fit = getattr(providers.get(entry.provider), "fit_model", None)
-        fitted[model_id] = fit(entry) if fit is not None else entry
+        found = capabilities.get(entry.provider)
+        fitted[model_id] = found.fit_model(entry) if found is not None else entry
     return fitted
 
 

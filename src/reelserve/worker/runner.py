@@ -25,7 +25,14 @@ from typing import Any
 from reelserve.domain.spec import GenerationSpec
 from reelserve.domain.task import ErrorCode
 from reelserve.media.video import probe_video, write_thumbnail
-from reelserve.providers.base import Clip, InputImages, ProviderError, TaskCancelled, Usage
+from reelserve.providers.base import (
+    Clip,
+    InputImages,
+    ProviderError,
+    TaskCancelled,
+    Usage,
+    Withheld,
+)
 from reelserve.service import Reelserve
 from reelserve.store.queue import TaskRecord
 from reelserve.store.usage import UsageRecord
@@ -57,6 +64,7 @@ class TaskContext:
     _checkpoint: dict[str, Any]
     _fraction: float = 0.0
     _stop: str | None = None  # "cancel" | "shutdown" | "lost"
+    withheld: list[Withheld] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def report_progress(self, fraction: float) -> None:
@@ -82,6 +90,9 @@ class TaskContext:
     @property
     def cancel_requested(self) -> bool:
         return self.stop_reason == "cancel"
+
+    def report_withheld(self, withheld: list[Withheld]) -> None:
+        self.withheld = list(withheld)
 
     def check_cancelled(self) -> None:
         reason = self.stop_reason
@@ -282,7 +293,7 @@ class Worker:
             ctx.images = await self._inputs(task, spec, ctx)
             clips = await provider.run(spec, ctx)
             ctx.check_cancelled()
-            result = await self._store_results(task, spec, clips)
+            result = await self._store_results(task, spec, clips, ctx.withheld)
             ctx.check_cancelled()
             await self._record_usage(task, spec, provider, ctx, result)
             if await queue.complete(task.id, token, result):
@@ -348,7 +359,11 @@ class Worker:
         return await load_inputs(self.app, task, spec, ctx)
 
     async def _store_results(
-        self, task: TaskRecord, spec: GenerationSpec, clips: list[Clip]
+        self,
+        task: TaskRecord,
+        spec: GenerationSpec,
+        clips: list[Clip],
+        withheld: list[Withheld],
     ) -> dict[str, Any]:
         storage = self.app.storage
 
@@ -369,13 +384,23 @@ class Worker:
                 "fps": round(info.fps, 3),
                 "has_audio": info.has_audio,
                 "seed": clip.seed,
+                "person_generation": clip.person_generation,
                 "size_bytes": size,
             }
 
         videos = []
         for index, clip in enumerate(clips):
             videos.append(await asyncio.to_thread(_finish, index, clip))
-        return {"videos": videos, "expires_at": int(time.time()) + self.settings.result_ttl}
+        result: dict[str, Any] = {
+            "videos": videos,
+            "expires_at": int(time.time()) + self.settings.result_ttl,
+        }
+        if withheld:
+            result["withheld"] = [
+                {"code": w.code, "count": w.count, "message": w.message, "reasons": list(w.reasons)}
+                for w in withheld
+            ]
+        return result
 
     async def _record_usage(
         self,

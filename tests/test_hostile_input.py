@@ -345,3 +345,40 @@ def test_json_within_the_limits_is_accepted(client: httpx.Client) -> None:
     response = _post_raw(client, GENERATIONS, raw)
     assert response.status_code == 200, response.text
     client.post(f"/v1/tasks/{response.json()['data'][0]['task_id']}/cancel")
+
+
+# -- 5. URLs with impossible ports or spaces; the 416 answer's type --------------------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "url", "phrase"),
+    [
+        ("webhook_url", "https://example.com:0/hook", "port between 1 and 65535 (got '0')"),
+        ("webhook_url", "https://example.com:99999/hook", "(got '99999')"),
+        ("webhook_url", "https://example.com:+443/hook", "port between"),
+        ("webhook_url", "https://exa mple.com/hook", "without spaces"),
+        ("webhook_url", "https://example.com/a b", "without spaces"),
+        ("webhook_url", "https://example.com/\thook", "control characters"),
+        ("webhook_url", "https://[::1/hook", "well-formed URL"),
+        ("first_frame_image", "http://127.0.0.1:0/a.png", "port between 1 and 65535"),
+        ("first_frame_image", "http://127.0.0.1:70000/a.png", "(got '70000')"),
+        ("first_frame_image", "http://127.0.0.1/a b.png", "without spaces"),
+        ("first_frame_image", "http://[::1/a.png", "well-formed URL"),
+    ],
+)
+def test_a_url_that_cannot_be_used_is_a_400_at_submit(
+    client: httpx.Client, field: str, url: str, phrase: str
+) -> None:
+    body = {"model": "sandbox", "prompt": "p", "duration": 4, field: url}
+    error = _error(client.post(GENERATIONS, json=body))
+    assert error["param"] == field
+    assert phrase in error["message"], error["message"]
+
+
+def test_a_416_is_an_invalid_request_error(client: httpx.Client, anon: httpx.Client) -> None:
+    tid = submit(client, {"model": "sandbox", "prompt": "ranges", "duration": 4})
+    video = wait_task(client, tid)["result"]["videos"][0]
+    size = video["size_bytes"]
+    response = anon.get(video["url"][0], headers={"Range": f"bytes={size + 10}-"})
+    error = _error(response, 416)
+    assert error["param"] == "Range" and response.headers["content-range"] == f"bytes */{size}"

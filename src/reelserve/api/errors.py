@@ -24,12 +24,20 @@ TYPE_BY_STATUS = {
     410: "invalid_request_error",
     413: "invalid_request_error",
     415: "invalid_request_error",
+    416: "invalid_request_error",
     422: "invalid_request_error",
     429: "rate_limit_error",
     502: "upstream_error",
     503: "upstream_error",
     504: "upstream_error",
 }
+
+
+def error_type(status: int) -> str:
+    """The envelope's `type` for an HTTP status (CONTRACT.md): any other 4xx is the client's."""
+    return TYPE_BY_STATUS.get(status) or (
+        "invalid_request_error" if 400 <= status < 500 else "server_error"
+    )
 
 
 def json_bytes(body: object) -> bytes:
@@ -48,10 +56,7 @@ def envelope(
     param: str | None = None,
     headers: dict[str, str] | None = None,
 ) -> Response:
-    error: dict[str, object] = {
-        "message": message,
-        "type": type_ or TYPE_BY_STATUS.get(status, "server_error"),
-    }
+    error: dict[str, object] = {"message": message, "type": type_ or error_type(status)}
     error["param"] = param
     return Response(
         json_bytes({"code": status, "error": error}),

@@ -14,7 +14,7 @@ import re
 import secrets
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from pydantic import BaseModel, ConfigDict
 
@@ -29,6 +29,8 @@ PERSON_GENERATION = ("allow_adult", "disallow")
 RESIZE_MODES = ("pad", "crop")
 DATA_URL_RE = re.compile(r"^data:(image/[a-zA-Z0-9.+-]+);base64,(.*)$", re.DOTALL)
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
+MAX_PORT = 65535
+_URL_BAD_CHAR = re.compile(r"[\s\x00-\x1f\x7f]")
 
 
 class GenerationSpec(BaseModel):
@@ -141,7 +143,7 @@ def check_image_source(value: str, name: str) -> None:
                 f"{name} must be a data URL with valid base64 (got invalid base64)", param=name
             ) from None
         return
-    parts = urlsplit(value)
+    parts = _split(value, name)
     if parts.scheme.lower() not in ("http", "https"):
         scheme = parts.scheme or "none"
         raise InvalidRequest(
@@ -150,16 +152,51 @@ def check_image_source(value: str, name: str) -> None:
         )
     if not parts.hostname:
         raise InvalidRequest(f"{name} must be an absolute URL with a host", param=name)
+    _check_url_syntax(value, name)
+
+
+def _check_url_syntax(value: str, name: str) -> None:
+    """What a URL's parsers disagree on or let through is refused here, at submit: spaces and
+    control characters (a URL carries them percent-encoded), and a port outside 1-65535 (`:0`
+    would otherwise be read as the scheme's default port, `:99999` fail only when used)."""
+    bad = _URL_BAD_CHAR.search(value)
+    if bad is not None:
+        raise InvalidRequest(
+            f"{name} must be a URL without spaces or control characters (got {bad.group()!r} "
+            f"at position {bad.start()}; percent-encode it)",
+            param=name,
+        )
+    parts = _split(value, name)
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if port is not None and not 1 <= port <= MAX_PORT:
+        shown = parts.netloc.rpartition(":")[2][:20]
+        raise InvalidRequest(
+            f"{name} must have a port between 1 and {MAX_PORT} (got {shown!r})", param=name
+        )
+
+
+def _split(value: str, name: str) -> SplitResult:
+    try:
+        return urlsplit(value)
+    except ValueError:  # "Invalid IPv6 URL": an unbalanced [ or ]
+        raise InvalidRequest(
+            f"{name} must be a well-formed URL (got {describe(value)}: unbalanced brackets)",
+            param=name,
+        ) from None
 
 
 def check_webhook_url(value: str, *, allow_http: bool) -> None:
-    parts = urlsplit(value)
+    parts = _split(value, "webhook_url")
     schemes = ("https", "http") if allow_http else ("https",)
     if parts.scheme.lower() not in schemes or not parts.hostname:
         expected = "an http(s) URL" if allow_http else "an https URL"
         raise InvalidRequest(
             f"webhook_url must be {expected} (got {describe(value)})", param="webhook_url"
         )
+    _check_url_syntax(value, "webhook_url")
 
 
 def parse_generation_request(

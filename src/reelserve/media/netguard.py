@@ -380,6 +380,11 @@ def parse_http_url(
         )
     if not parsed.raw_host:
         raise OutboundError(f"{param} URL has no host", param)
+    if parsed.port is not None and not 1 <= parsed.port <= 65535:
+        # httpx keeps `:0` and `:99999`; `port or default` would read `:0` as the default port.
+        raise OutboundError(
+            f"{param} URL port must be between 1 and 65535 (got {parsed.port})", param
+        )
     if parsed.userinfo:
         raise OutboundError(f"{param} URL must not contain credentials (user@host)", param)
     return parsed

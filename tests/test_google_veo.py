@@ -650,6 +650,37 @@ def test_worker_killed_while_polling_is_resumed_without_a_second_submit(
     assert "resuming operation" in (tmp_path / "w2.log").read_text()
 
 
+def test_worker_killed_while_polling_fanned_out_samples_pays_each_sample_once(
+    api_only: tuple[LiveServer, Path, FakeGoogle], tmp_path: Path
+) -> None:
+    live, data, fake = api_only
+    fake.finish = False
+    first = second = None
+    try:
+        with live.client(live.mint("live")) as c:
+            body = {"model": FAST, "prompt": "three survive", "duration": 4, "sample_count": 3}
+            task_id = submit(c, body)
+            first = _worker(data, fake, tmp_path / "w1.log")
+            deadline = time.monotonic() + 60
+            while len(fake.operations) < 3 or min(o.polls for o in fake.operations.values()) < 1:
+                assert time.monotonic() < deadline, (tmp_path / "w1.log").read_text()
+                time.sleep(0.05)
+            first.send_signal(signal.SIGKILL)
+            first.wait(timeout=10)
+            checkpoint = _task_row(data, task_id)["checkpoint"]
+            assert all(name in checkpoint for name in fake.operations)
+            fake.finish_all()
+            second = _worker(data, fake, tmp_path / "w2.log")
+            final = wait_task(c, task_id, timeout=90)
+            assert final["status"] == "completed", (final, (tmp_path / "w2.log").read_text())
+    finally:
+        _stop(first, second)
+    assert len(fake.submits()) == 3  # one paid submission per sample, none repeated
+    assert len(final["result"]["videos"]) == 3
+    assert (tmp_path / "w2.log").read_text().count("resuming operation") == 3
+    assert_pinned(fake)
+
+
 def test_api_host_without_google_credentials_queues_for_remote_pollers(
     gemini_fake: FakeGoogle, tmp_path: Path
 ) -> None:

@@ -229,3 +229,19 @@ def test_models_listing_shows_each_backend() -> None:
     assert both["backends"]["vertex"]["samples_per_request"] == 4
     assert both["backends"]["gemini"]["samples_per_request"] == 1
     assert "4K" in fit_model(entry, [VERTEX_4K]).resolutions
+
+
+def test_google_genai_is_not_a_dependency() -> None:
+    """reelserve speaks Veo's REST API itself: it neither requires nor imports google-genai,
+    so it installs beside any version of it (3.x refuses Veo on the Gemini API)."""
+    import subprocess
+    import sys
+    from importlib.metadata import requires
+
+    assert not [r for r in requires("reelserve") or [] if r.startswith("google-genai")]
+    probe = (
+        "import sys, reelserve.providers.google_veo, reelserve.providers.google_credentials; "
+        "print('google.genai' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

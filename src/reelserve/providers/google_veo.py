@@ -465,11 +465,9 @@ class GoogleVeoProvider:
             run.ctx.report_withheld(withheld)
         return clips
 
-    async def _acquire(
-        self, run: _Run, samples: int, exclude: set[str] | None = None
-    ) -> Credential:
-        """A slot on a credential that serves the spec and gives `samples` per request."""
-        spec = run.spec
+    @staticmethod
+    def _usable(spec: GenerationSpec, samples: int) -> Callable[[Credential], bool]:
+        """Whether a credential serves `spec` and gives `samples` videos in one request."""
 
         def usable(cred: Credential) -> bool:
             profile = cred.profile
@@ -478,10 +476,17 @@ class GoogleVeoProvider:
                 and rules.applied(spec, profile).samples_per_request >= samples
             )
 
+        return usable
+
+    async def _acquire(
+        self, run: _Run, samples: int, exclude: set[str] | None = None
+    ) -> Credential:
+        """A slot on a credential that serves the spec and gives `samples` per request."""
+        usable = self._usable(run.spec, samples)
         cred = await self.pool.acquire(usable, exclude or set(), run.check)
         if cred is None:
-            refused = rules.refusal(spec, self.pool.profiles())
-            why = refused[1] if refused else "every credential that could is exhausted"
+            refused = rules.refusal(run.spec, self.pool.profiles())
+            why = refused[1] if refused else "no configured credential serves it"
             raise ProviderError(ErrorCode.UPSTREAM_ERROR, f"cannot send this task to Google: {why}")
         return cred
 
@@ -530,9 +535,7 @@ class GoogleVeoProvider:
         cred = first
         while True:
             if cred is None:
-                if exhausted and not self.pool.candidates(
-                    lambda c: rules.serves(spec, c.profile), exhausted
-                ):
+                if exhausted and not self.pool.candidates(self._usable(spec, samples), exhausted):
                     # Every credential answered 429: wait as told, then go round again.
                     attempt += 1
                     if attempt > self.settings.retry_attempts:

@@ -380,9 +380,11 @@
       aspect_ratio: $("aspect_ratio").value,
       sample_count: Number($("sample_count").value),
       generate_audio: $("generate_audio").checked,
-      person_generation: $("person_generation").value,
       enhance_prompt: true,
     };
+    // Omitted, the upstream applies its own policy (Veo's differs by backend and mode).
+    const person = $("person_generation").value;
+    if (person) body.person_generation = person;
     const negative = $("negative_prompt").value;
     if (negative.trim()) body.negative_prompt = negative;
     const seed = $("seed").value.trim();

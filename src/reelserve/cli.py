@@ -149,7 +149,7 @@ def serve(
         secret = asyncio.run(mint_key(settings, "test", "quickstart"))
         print(_quickstart(base, secret), flush=True)
     uvicorn.run(
-        create_app(settings),
+        create_app(settings, exit_when_stuck=True),
         host=host,
         port=port,
         log_level=log_level.lower(),
@@ -240,6 +240,7 @@ async def _run_worker(
         concurrency=concurrency,
         providers=providers if providers is not None else available,
         models=models,
+        exit_when_stuck=True,
     )
     try:
         await worker.run(stop)

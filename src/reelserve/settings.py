@@ -87,6 +87,18 @@ class Settings(BaseSettings):
     poll_interval: float = Field(0.5, gt=0)
     progress_flush_interval: float = Field(0.5, gt=0)
     max_attempts: int = Field(3, ge=1, description="claims of one task before it is failed")
+    stop_timeout: float = Field(
+        30.0,
+        gt=0,
+        description="seconds a running provider has to stop after its task is cancelled; past "
+        "them the task fails (timeout) and the provider's work is abandoned",
+    )
+    shutdown_grace: float = Field(
+        10.0,
+        gt=0,
+        description="seconds a stopping worker waits for its providers to stop; then it hands "
+        "their tasks back and exits, even if a provider's thread is still running",
+    )
     device: str | None = Field(
         None,
         pattern=r"^(cpu|cuda(:\d+)?|mps|xpu(:\d+)?)$",

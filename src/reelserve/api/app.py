@@ -64,7 +64,14 @@ GENERATION_REQUEST_SCHEMA: dict[str, Any] = {
 }
 
 
-def create_app(settings: Settings | None = None, *, run_worker: bool | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    *,
+    run_worker: bool | None = None,
+    exit_when_stuck: bool = False,
+) -> FastAPI:
+    """The app; `exit_when_stuck` (for `reelserve serve`) lets the in-process worker end the
+    process when a provider thread ignores the shutdown (see `Worker`)."""
     settings = settings or Settings()
     start_worker = settings.in_process_worker if run_worker is None else run_worker
     metrics = Metrics()
@@ -78,7 +85,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool | None = No
         stop = asyncio.Event()
         worker_task: asyncio.Task[None] | None = None
         if start_worker:
-            worker = Worker(service)
+            worker = Worker(service, exit_when_stuck=exit_when_stuck)
             service.on_submit(worker.wake)
             worker_task = asyncio.create_task(worker.run(stop))
             app.state.worker = worker

@@ -5,6 +5,13 @@ lease alive while it runs (flushing progress at the same time), and records the 
 update fenced by the lease token. If the worker dies, the lease expires and another worker's claim
 resumes the task from its checkpoint; if it shuts down gracefully, it gives its leases back at
 once. Blocking work (rendering, encoding, probing) always runs in threads.
+
+A watchdog bounds what a provider that ignores a stop can cost. A thread cannot be killed, so a
+provider stops only where it checks `ctx.check_cancelled()`; one that does not check (a bug, or
+input that makes one step take hours) is abandoned instead: `stop_timeout` seconds after a
+cancellation its task fails with a `timeout` error, and `shutdown_grace` seconds after a
+shutdown its task is handed back and, with `exit_when_stuck` (the CLI's workers), the process
+exits without waiting for the thread, which would otherwise keep it alive.
 """
 
 from __future__ import annotations
@@ -12,12 +19,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import secrets
 import shutil
 import socket
+import sys
 import threading
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,6 +74,7 @@ class TaskContext:
     _checkpoint: dict[str, Any]
     _fraction: float = 0.0
     _stop: str | None = None  # "cancel" | "shutdown" | "lost"
+    _stopped_at: float | None = None  # time.monotonic() of the stop request
     withheld: list[Withheld] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -81,6 +92,12 @@ class TaskContext:
         with self._lock:
             if self._stop is None:
                 self._stop = reason
+                self._stopped_at = time.monotonic()
+
+    @property
+    def stopped_at(self) -> float | None:
+        with self._lock:
+            return self._stopped_at
 
     @property
     def stop_reason(self) -> str | None:
@@ -132,7 +149,8 @@ class Worker:
         providers: set[str] | None = None,
         models: set[str] | None = None,
         name: str | None = None,
-        shutdown_grace: float = 10.0,
+        shutdown_grace: float | None = None,
+        exit_when_stuck: bool = False,
     ) -> None:
         self.app = app
         self.settings = app.settings
@@ -140,7 +158,13 @@ class Worker:
         self.providers = providers if providers is not None else set(app.providers)
         self.models = models
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
-        self.shutdown_grace = shutdown_grace
+        self.shutdown_grace = (
+            shutdown_grace if shutdown_grace is not None else self.settings.shutdown_grace
+        )
+        # Exit the process (os._exit) after a shutdown that left a provider running: its
+        # thread would hold the process forever (asyncio.run and interpreter exit join it).
+        self.exit_when_stuck = exit_when_stuck
+        self.stuck = 0  # tasks whose provider did not stop within the grace period
         self._wake = asyncio.Event()
         self._running: dict[str, asyncio.Task[None]] = {}
         self._contexts: dict[str, TaskContext] = {}
@@ -166,6 +190,8 @@ class Worker:
             with contextlib.suppress(asyncio.CancelledError):
                 await delivering
         log.info("worker %s stopped", self.name)
+        if self.stuck and self.exit_when_stuck:
+            _exit_now(self.name, self.stuck)
 
     def _notified(self, provider: str) -> None:
         if provider in self.providers:
@@ -256,8 +282,16 @@ class Worker:
             ctx.stop("shutdown")
         _, pending = await asyncio.wait(list(self._running.values()), timeout=self.shutdown_grace)
         for job in pending:
-            job.cancel()
+            job.cancel()  # `_execute` hands the task back (release) on its way out
         if pending:
+            self.stuck += len(pending)
+            log.error(
+                "worker %s: %d task(s) did not stop within the %g s grace period; their "
+                "leases are handed back and their provider threads abandoned",
+                self.name,
+                len(pending),
+                self.shutdown_grace,
+            )
             await asyncio.wait(pending, timeout=2)
 
     async def _execute(self, task: TaskRecord, token: str) -> None:
@@ -291,7 +325,7 @@ class Worker:
             spec = GenerationSpec.model_validate(task.spec)
             ctx.check_cancelled()
             ctx.images = await self._inputs(task, spec, ctx)
-            clips = await provider.run(spec, ctx)
+            clips = await self._watched(provider.run(spec, ctx), ctx)
             ctx.check_cancelled()
             result = await self._store_results(task, spec, clips, ctx.withheld)
             ctx.check_cancelled()
@@ -337,6 +371,34 @@ class Worker:
             await asyncio.to_thread(shutil.rmtree, workdir, True)
             log.info("task %s %s (attempt %d)", task.id, outcome, task.attempts)
             self.webhooks.wake()  # a finished task's webhook is due now
+
+    async def _watched(self, run: Coroutine[Any, Any, list[Clip]], ctx: TaskContext) -> list[Clip]:
+        """`run` (a provider's), abandoned `stop_timeout` seconds after a cancellation or a lost
+        lease that it ignores. Shutdown is bounded by `_shutdown`'s grace period instead (the
+        job is cancelled, and the task handed back)."""
+        job = asyncio.ensure_future(run)
+        timeout = self.settings.stop_timeout
+        try:
+            while True:
+                done, _ = await asyncio.wait({job}, timeout=min(1.0, timeout / 4))
+                if done:
+                    return job.result()
+                since = ctx.stopped_at or math.inf
+                if ctx.stop_reason in ("cancel", "lost") and time.monotonic() - since >= timeout:
+                    break
+        except asyncio.CancelledError:
+            job.cancel()
+            raise
+        job.cancel()  # ends the provider's awaits; a thread it waits on runs on, abandoned
+        await asyncio.wait({job}, timeout=1)
+        if ctx.stop_reason == "lost":
+            raise LeaseLost(ctx.task_id)
+        log.error("task %s: the provider ignored the cancellation for %g s", ctx.task_id, timeout)
+        raise ProviderError(
+            ErrorCode.TIMEOUT,
+            f"the task was cancelled, but its provider did not stop within {timeout:g} s; "
+            "the task was failed and the provider's work abandoned",
+        )
 
     def _fresh_workdir(self, task_id: str) -> Path:
         """A scratch directory for this attempt, after removing any left by an earlier,
@@ -454,3 +516,18 @@ class Worker:
                 return
             if cancel:
                 ctx.stop("cancel")
+
+
+def _exit_now(name: str, stuck: int) -> None:
+    """End the process at once, leases already handed back: a provider thread that ignored the
+    stop would otherwise keep it alive (threads cannot be killed; asyncio.run and interpreter
+    exit wait for them). Exit status 1 tells a supervisor that work was abandoned."""
+    log.error(
+        "worker %s exits without waiting for %d provider thread(s) that ignored the stop",
+        name,
+        stuck,
+    )
+    logging.shutdown()  # flush every handler: os._exit skips that
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)

@@ -382,3 +382,13 @@ def test_a_416_is_an_invalid_request_error(client: httpx.Client, anon: httpx.Cli
     response = anon.get(video["url"][0], headers={"Range": f"bytes={size + 10}-"})
     error = _error(response, 416)
     assert error["param"] == "Range" and response.headers["content-range"] == f"bytes */{size}"
+
+
+# -- 9. no answer outside the envelope ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/v1/tasks/%2F", "/v1/tasks/", "/v1/models/", "/v1/videos/"])
+def test_a_trailing_slash_is_a_404_envelope_not_a_redirect(client: httpx.Client, path: str) -> None:
+    response = client.get(path)
+    assert response.status_code == 404, response.text
+    assert response.json()["error"]["type"] == "invalid_request_error"

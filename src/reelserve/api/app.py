@@ -106,6 +106,8 @@ def create_app(
         dependencies=[Depends(check_path_and_query)],  # client text is checked first (400)
         docs_url="/docs",
         redoc_url=None,
+        # No 307 to the path without its trailing slash: an unknown path is a 404 envelope.
+        redirect_slashes=False,
     )
     errors.install(app)
     for module in (generations, tasks, events, files, models, health, playground, webhooks):

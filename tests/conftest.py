@@ -1,13 +1,26 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from tests.databases import database_url
 from tests.support import LiveServer, make_settings
+
+# Hypothesis, derandomised by default: every run (CI's included) draws the same examples, so the
+# suite passes or fails on the code, not on luck. `HYPOTHESIS_PROFILE=fuzz` (python -m
+# bench.fuzz) draws many more random ones, for a longer search on a developer's machine.
+hypothesis_settings.register_profile(
+    "repeatable", derandomize=True, database=None, deadline=None, max_examples=100
+)
+hypothesis_settings.register_profile(
+    "fuzz", deadline=None, max_examples=int(os.environ.get("REELSERVE_FUZZ_EXAMPLES", "3000"))
+)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])

@@ -52,9 +52,7 @@ def _check(response: httpx.Response) -> None:
         assert set(payload["error"]) == {"message", "type", "param"}
 
 
-@settings(
-    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])  # counts: conftest.py
 @given(body=BODIES, base=st.booleans())
 def test_random_submit_bodies(
     idle_server: tuple[LiveServer, str], body: dict[str, Any], base: bool
@@ -66,9 +64,7 @@ def test_random_submit_bodies(
         _check(c.post("/v1/videos/generations", content=json.dumps(body)))
 
 
-@settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])  # counts: conftest.py
 @given(
     raw=st.binary(max_size=64),
     task=st.text(max_size=40),

@@ -259,9 +259,7 @@ def _no_500(response: httpx.Response) -> None:
         assert set(payload["error"]) == {"message", "type", "param"}
 
 
-@settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])  # counts: conftest.py
 @given(
     body=st.dictionaries(st.sampled_from(FIELDS) | st.text(max_size=8), JSON_VALUES, max_size=6),
     form=st.dictionaries(st.sampled_from(FIELDS), st.text(max_size=20), max_size=5),

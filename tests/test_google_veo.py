@@ -243,6 +243,18 @@ def test_partial_safety_filtering_completes_with_the_rest(
     assert withheld["code"] == "content_filtered" and withheld["count"] == 1
     assert "public figure" in withheld["message"]
     assert withheld["reasons"] == fake.filter_reasons
+    # The SDK types both: what was applied per video, and what Google withheld.
+    from reelserve.client import Client
+
+    with Client(str(client.base_url), client.headers["Authorization"].split()[1]) as sdk:
+        task = sdk.get(final["id"])
+    assert [v.person_generation for v in task.videos] == ["allow_all", "allow_all"]
+    (typed,) = task.withheld
+    assert (typed.code, typed.count, typed.reasons) == (
+        "content_filtered",
+        1,
+        tuple(fake.filter_reasons),
+    )
 
 
 def _image(path: Path, colour: tuple[int, int, int], size: tuple[int, int]) -> bytes:

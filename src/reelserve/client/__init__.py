@@ -29,7 +29,7 @@ from reelserve.client.errors import (
     UpstreamError,
     WaitTimeout,
 )
-from reelserve.client.types import Model, Task, TaskError, TaskPage, Video
+from reelserve.client.types import Model, Task, TaskError, TaskPage, Video, Withheld
 
 __all__ = [
     "APIConnectionError",
@@ -53,6 +53,7 @@ __all__ = [
     "UpstreamError",
     "Video",
     "WaitTimeout",
+    "Withheld",
     "image_data_url",
     "sample_paths",
 ]

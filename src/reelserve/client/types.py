@@ -39,6 +39,9 @@ class Video:
     fps: float | None
     has_audio: bool
     seed: int | None
+    # The person_generation policy the upstream applied ("allow_all" for Veo text-to-video on
+    # the Gemini API), or None where the provider has none.
+    person_generation: str | None
     size_bytes: int | None
     content_type: str
     raw: dict[str, Any] = field(repr=False, compare=False)
@@ -63,9 +66,30 @@ class Video:
             fps=_num(data.get("fps")),
             has_audio=data.get("has_audio") is True,
             seed=_int(data.get("seed")),
+            person_generation=_str(data.get("person_generation")),
             size_bytes=_int(data.get("size_bytes")),
             content_type=_str(data.get("content_type")) or "video/mp4",
             raw=data,
+        )
+
+
+@dataclass(frozen=True)
+class Withheld:
+    """Samples the upstream did not deliver (the task completed with the others): a stable
+    `code` (`content_filtered`, `upstream_error`, ...), how many, and why."""
+
+    code: str
+    count: int
+    message: str
+    reasons: tuple[str, ...]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Withheld:
+        return cls(
+            code=str(data.get("code", "")),
+            count=_int(data.get("count")) or 0,
+            message=str(data.get("message", "")),
+            reasons=tuple(r for r in data.get("reasons") or () if isinstance(r, str)),
         )
 
 
@@ -82,7 +106,8 @@ class Task:
     """A task as `GET /v1/tasks/{id}` shows it.
 
     `status`: "pending" -> "processing" -> "completed" | "failed" | "cancelled". `progress`:
-    0-100, never decreasing. `videos`: one per sample once completed. `error`: once failed.
+    0-100, never decreasing. `videos`: one per sample once completed (`withheld`: samples the
+    upstream did not deliver, e.g. removed by safety filters). `error`: once failed.
     Times are Unix seconds; `estimated_time` is the model's expected seconds from start to end."""
 
     id: str
@@ -95,6 +120,7 @@ class Task:
     completed: int | None
     actual_time: int | None
     videos: tuple[Video, ...]
+    withheld: tuple[Withheld, ...]
     expired: bool
     error: TaskError | None
     raw: dict[str, Any] = field(repr=False, compare=False)
@@ -123,6 +149,9 @@ class Task:
             completed=_int(data.get("completed")),
             actual_time=_int(data.get("actual_time")),
             videos=videos,
+            withheld=tuple(
+                Withheld.from_dict(w) for w in result.get("withheld") or () if isinstance(w, dict)
+            ),
             expired=result.get("expired") is True,
             error=(
                 TaskError(str(error.get("code", "")), str(error.get("message", "")))

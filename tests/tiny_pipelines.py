@@ -7,6 +7,9 @@ frame-count rules reelserve applies to the published checkpoints apply to these 
 the widths and depths are cut down. `save_pretrained` writes a checkpoint directory laid out exactly
 like a published one (model_index.json plus one folder per component), which is what reelserve
 loads.
+
+Each `save_*` takes the dtype its weights are stored in: float32, or bfloat16 like the published
+checkpoints (loading those in bf16 keeps each model's `_keep_in_fp32_modules` in float32).
 """
 
 from __future__ import annotations
@@ -106,6 +109,12 @@ def vocab_size() -> int:
     return len(WORDS) + 4
 
 
+def _save(pipe: Any, path: Path, dtype: torch.dtype) -> None:
+    """Write the checkpoint with every weight in `dtype`, as published checkpoints store them."""
+    pipe.to(dtype=dtype)
+    pipe.save_pretrained(path)
+
+
 # -- Wan 2.x -------------------------------------------------------------------------------------
 
 
@@ -154,15 +163,15 @@ def _wan_parts(in_channels: int, **transformer: Any) -> dict[str, Any]:
     }
 
 
-def save_wan_t2v(path: Path) -> Path:
+def save_wan_t2v(path: Path, dtype: torch.dtype = torch.float32) -> Path:
     """A Wan 2.1 text-to-video checkpoint (`WanPipeline`)."""
     from diffusers import WanPipeline
 
-    WanPipeline(**_wan_parts(16)).save_pretrained(path)
+    _save(WanPipeline(**_wan_parts(16)), path, dtype)
     return path
 
 
-def save_wan_flf2v(path: Path) -> Path:
+def save_wan_flf2v(path: Path, dtype: torch.dtype = torch.float32) -> Path:
     """A Wan 2.1 first+last-frame checkpoint (`WanImageToVideoPipeline`, CLIP image encoder)."""
     from diffusers import WanImageToVideoPipeline
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
@@ -183,13 +192,12 @@ def save_wan_flf2v(path: Path) -> Path:
         )
     )
     processor = CLIPImageProcessor(crop_size=image_size, size=image_size)
-    WanImageToVideoPipeline(
-        **parts, image_encoder=image_encoder, image_processor=processor
-    ).save_pretrained(path)
+    pipe = WanImageToVideoPipeline(**parts, image_encoder=image_encoder, image_processor=processor)
+    _save(pipe, path, dtype)
     return path
 
 
-def save_wan22_i2v(path: Path) -> Path:
+def save_wan22_i2v(path: Path, dtype: torch.dtype = torch.float32) -> Path:
     """A Wan 2.2 A14B-style image-to-video checkpoint: two experts, no CLIP image encoder.
 
     Without an image encoder the last frame enters through the VAE condition only, so the same
@@ -211,20 +219,21 @@ def save_wan22_i2v(path: Path) -> Path:
         num_layers=2,
         rope_max_seq_len=32,
     )
-    WanImageToVideoPipeline(
+    pipe = WanImageToVideoPipeline(
         **parts,
         transformer_2=second,
         boundary_ratio=0.875,
         image_encoder=None,
         image_processor=None,
-    ).save_pretrained(path)
+    )
+    _save(pipe, path, dtype)
     return path
 
 
 # -- LTX-Video -----------------------------------------------------------------------------------
 
 
-def save_ltx(path: Path) -> Path:
+def save_ltx(path: Path, dtype: torch.dtype = torch.float32) -> Path:
     """An LTX-Video 0.9.x checkpoint (`LTXPipeline`): 32x spatial, 8x temporal compression."""
     from diffusers import (
         AutoencoderKLLTXVideo,
@@ -280,20 +289,21 @@ def save_ltx(path: Path) -> Path:
         num_layers=2,
         caption_channels=32,
     )
-    LTXPipeline(
+    pipe = LTXPipeline(
         scheduler=FlowMatchEulerDiscreteScheduler(),
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=tiny_tokenizer(),
         transformer=transformer,
-    ).save_pretrained(path)
+    )
+    _save(pipe, path, dtype)
     return path
 
 
 # -- LTX-2 (video + synchronised audio) ----------------------------------------------------------
 
 
-def save_ltx2(path: Path) -> Path:
+def save_ltx2(path: Path, dtype: torch.dtype = torch.float32) -> Path:
     """An LTX-2 checkpoint (`LTX2Pipeline`): Gemma 3 text encoder, text connectors, video VAE
     (32x spatial, 8x temporal), audio VAE and vocoder, all tiny."""
     from diffusers import (
@@ -421,7 +431,7 @@ def save_ltx2(path: Path) -> Path:
         rope_double_precision=False,
         rope_type="split",
     )
-    LTX2Pipeline(
+    pipe = LTX2Pipeline(
         scheduler=FlowMatchEulerDiscreteScheduler(),
         vae=vae,
         audio_vae=audio_vae,
@@ -430,5 +440,78 @@ def save_ltx2(path: Path) -> Path:
         connectors=connectors,
         transformer=transformer,
         vocoder=vocoder,
-    ).save_pretrained(path)
+    )
+    _save(pipe, path, dtype)
     return path
+
+
+# -- running the provider directly (no server): what the worker offers a provider ----------------
+
+
+class TinyContext:
+    """A `RunContext` as the worker builds one: a work directory, the images, progress recorded."""
+
+    def __init__(self, workdir: Path, images: Any = None) -> None:
+        from reelserve.providers.base import InputImages
+
+        self.task_id = "tiny"
+        self.workdir = workdir
+        self.resume_state: dict[str, Any] | None = None
+        self.images = images if images is not None else InputImages()
+        self.progress: list[float] = []
+        self.cancel_requested = False
+
+    def report_progress(self, fraction: float) -> None:
+        self.progress.append(fraction)
+
+    def check_cancelled(self) -> None:
+        from reelserve.providers.base import TaskCancelled
+
+        if self.cancel_requested:
+            raise TaskCancelled()
+
+    def report_withheld(self, withheld: list[Any]) -> None:
+        raise AssertionError(f"a local model withheld samples: {withheld}")
+
+    async def checkpoint(self, state: dict[str, Any]) -> None:
+        self.resume_state = state
+
+
+def png(colour: tuple[int, int, int], size: tuple[int, int] = (96, 40)) -> bytes:
+    """A PNG: a colour field with a white square, so the image is not flat."""
+    import io
+
+    from PIL import Image
+
+    image = Image.new("RGB", size, colour)
+    image.paste((255, 255, 255), (size[0] // 4, size[1] // 4, size[0] // 2, size[1] // 2))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def render(provider: Any, body: dict[str, Any], workdir: Path) -> list[Any]:
+    """Run one request on a `DiffusersProvider` the way the worker does; the clips it made.
+
+    `mode` i2v or flf2v in the body adds the first (and last) frame images.
+    """
+    import asyncio
+    import base64
+
+    from reelserve.domain.spec import parse_generation_request
+    from reelserve.providers.base import InputImages
+
+    body = dict(body)
+    mode = body.pop("mode", "t2v")
+    first = last = None
+    if mode in ("i2v", "flf2v"):
+        first = (png((30, 160, 40)), "image/png")
+        body["first_frame_image"] = "data:image/png;base64," + base64.b64encode(first[0]).decode()
+    if mode == "flf2v":
+        last = (png((220, 200, 30)), "image/png")
+        body["last_frame_image"] = "data:image/png;base64," + base64.b64encode(last[0]).decode()
+    entries = {m.entry.id: m.entry for m in provider.models.values()}
+    spec = parse_generation_request(body, entries)
+    workdir.mkdir(parents=True, exist_ok=True)
+    ctx = TinyContext(workdir, InputImages(first_bytes=first, last_bytes=last))
+    return list(asyncio.run(provider.run(spec, ctx)))

@@ -4,7 +4,7 @@ Each model entry names a family and a local checkpoint directory (see `diffusers
 also holds the size and frame-count rules). A worker process owns one device (`reelserve worker
 --device cuda:N`); the first task of a model loads its pipeline there, in a thread, and it stays
 loaded (warm) for every later task. The pipelines of the other modes (image-to-video, first+last
-frame) are built from the loaded one with `from_pipe`, sharing its weights.
+frame) are built over the loaded one's modules (`_variant`), sharing its weights in their dtypes.
 
 One inference runs at a time per worker (a lock around the device), in a thread, never on the event
 loop. The denoising-step callback reports progress and is where cancellation and worker shutdown
@@ -311,7 +311,7 @@ class _Runtime:
         if pipe is None:
             import diffusers
 
-            pipe = getattr(diffusers, name).from_pipe(self.base)
+            pipe = _variant(getattr(diffusers, name), self.base)
             self._pipelines[name] = pipe
         offload = self.model.options.cpu_offload
         if offload != "none" and self._offloaded != name:
@@ -403,6 +403,37 @@ class _Runtime:
 
 
 # -- helpers -------------------------------------------------------------------------------------
+
+
+def _variant(cls: Any, base: Any) -> Any:
+    """A pipeline of class `cls` over the loaded pipeline's own modules, unchanged.
+
+    Not `cls.from_pipe(base)`: without a dtype it casts every shared module to float32 in place
+    (diffusers 0.42 `pipelines/pipeline_utils.py`, `new_pipeline.to(dtype=dtype)` with float32 as
+    the default), so one image-to-video request would turn a bf16 model into an fp32 one for
+    every mode, and cast the modules it keeps in float32 along with the rest. Here the modules
+    are passed as they are, with the configuration values the class takes (`boundary_ratio`,
+    `expand_timesteps`).
+    """
+    import inspect
+
+    parameters = inspect.signature(cls.__init__).parameters
+    kwargs = {name: module for name, module in base.components.items() if name in parameters}
+    for key, value in base.config.items():
+        if key in parameters and key not in kwargs and not key.startswith("_"):
+            kwargs[key] = value
+    missing = [
+        name
+        for name, p in parameters.items()
+        if name != "self" and p.default is inspect.Parameter.empty and name not in kwargs
+    ]
+    if missing:
+        raise ProviderError(
+            ErrorCode.PROVIDER_NOT_CONFIGURED,
+            f"{cls.__name__} cannot be built from a {type(base).__name__} checkpoint: it has no "
+            f"{', '.join(missing)}",
+        )
+    return cls(**kwargs)
 
 
 def _image_arguments(

@@ -490,7 +490,13 @@ def png(colour: tuple[int, int, int], size: tuple[int, int] = (96, 40)) -> bytes
     return buffer.getvalue()
 
 
-def render(provider: Any, body: dict[str, Any], workdir: Path) -> list[Any]:
+def render(
+    provider: Any,
+    body: dict[str, Any],
+    workdir: Path,
+    *,
+    last_colour: tuple[int, int, int] = (220, 200, 30),
+) -> list[Any]:
     """Run one request on a `DiffusersProvider` the way the worker does; the clips it made.
 
     `mode` i2v or flf2v in the body adds the first (and last) frame images.
@@ -508,7 +514,7 @@ def render(provider: Any, body: dict[str, Any], workdir: Path) -> list[Any]:
         first = (png((30, 160, 40)), "image/png")
         body["first_frame_image"] = "data:image/png;base64," + base64.b64encode(first[0]).decode()
     if mode == "flf2v":
-        last = (png((220, 200, 30)), "image/png")
+        last = (png(last_colour), "image/png")
         body["last_frame_image"] = "data:image/png;base64," + base64.b64encode(last[0]).decode()
     entries = {m.entry.id: m.entry for m in provider.models.values()}
     spec = parse_generation_request(body, entries)

@@ -460,10 +460,12 @@ def _image_arguments(
 
     assert last is not None  # flf2v requests always carry both images
 
+    # LTX-2 indexes conditions by *latent* frame, and skips (with a warning) one past the last
+    # latent frame, so the last frame is index -1, not the pixel index plan.frames - 1.
     return {
         "conditions": [
             LTX2VideoCondition(frames=first, index=0),
-            LTX2VideoCondition(frames=last, index=plan.frames - 1),
+            LTX2VideoCondition(frames=last, index=-1),
         ]
     }
 

@@ -85,6 +85,34 @@ async def test_expired_lease_is_resumed_and_old_owner_fenced(queue: TaskQueue) -
     assert await queue.complete(tid, "alive", {"videos": []})
 
 
+async def test_batched_renewal_is_fenced_per_attempt(queue: TaskQueue) -> None:
+    """One statement renews every lease of a worker; an attempt whose lease expired and whose
+    task another attempt took gets nothing renewed and writes no progress."""
+    a, b, c = [await _submit(queue) for _ in range(3)]
+    assert await queue.claim("w:a", lease_seconds=30, max_attempts=3) is not None
+    assert await queue.claim("w:b", lease_seconds=0.2, max_attempts=3) is not None
+    assert await queue.claim("w:c", lease_seconds=30, max_attempts=3) is not None
+    await asyncio.sleep(0.3)
+    taken = await queue.claim("other:b", lease_seconds=30, max_attempts=3)
+    assert taken is not None and taken.id == b
+    assert (await queue.cancel(c, "key_a"))[0] is CancelOutcome.REQUESTED
+    owned = await queue.heartbeat_many(
+        [(a, "w:a"), (b, "w:b"), (c, "w:c"), (a, "w:forged")],
+        lease_seconds=30,
+        progress={"w:a": 40, "w:b": 70, "w:forged": 90},
+    )
+    assert owned == {"w:a": False, "w:c": True}  # b was lost; c's cancel is reported
+    rows = {t: await queue.get(t) for t in (a, b, c)}
+    assert rows[a] is not None and rows[a].progress == 40
+    assert rows[b] is not None and rows[b].progress == 0  # the lost attempt wrote nothing
+    # Progress never decreases, and the attempt that holds b now renews it.
+    await queue.heartbeat_many([(a, "w:a")], lease_seconds=30, progress={"w:a": 10})
+    again = await queue.get(a)
+    assert again is not None and again.progress == 40
+    assert await queue.heartbeat_many([(b, "other:b")], lease_seconds=30) == {"other:b": False}
+    assert await queue.heartbeat_many([], lease_seconds=30) == {}
+
+
 async def test_exhausted_attempts_fail_the_task(queue: TaskQueue) -> None:
     tid = await _submit(queue)
     for n in range(2):

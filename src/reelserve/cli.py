@@ -164,7 +164,20 @@ def serve(
 @app.command("worker")
 def worker_command(
     data_dir: DataDir = None,
-    concurrency: Annotated[int | None, typer.Option(help="Tasks run at once.")] = None,
+    concurrency: Annotated[
+        int | None,
+        typer.Option(
+            help="Tasks run at once on providers that compute here (sandbox, local models: "
+            "CPU/GPU-bound); default: worker_concurrency."
+        ),
+    ] = None,
+    remote_concurrency: Annotated[
+        int | None,
+        typer.Option(
+            help="Tasks held at once on providers that wait on a remote service (google_veo: "
+            "a poll now and then each); default: worker_remote_concurrency."
+        ),
+    ] = None,
     models: Annotated[
         str | None, typer.Option(help="Comma-separated model ids this worker takes.")
     ] = None,
@@ -191,7 +204,14 @@ def worker_command(
     settings = _settings(data_dir, device=device)
     metrics = _serve_worker_metrics(metrics_port, metrics_host)
     asyncio.run(
-        _run_worker(settings, concurrency, _split(models), _split(providers), metrics=metrics)
+        _run_worker(
+            settings,
+            concurrency,
+            _split(models),
+            _split(providers),
+            metrics=metrics,
+            remote_concurrency=remote_concurrency,
+        )
     )
 
 
@@ -221,6 +241,7 @@ async def _run_worker(
     providers: set[str] | None,
     *,
     metrics: Any = None,
+    remote_concurrency: int | None = None,
 ) -> None:
     from reelserve.service import Reelserve
     from reelserve.worker.runner import Worker
@@ -238,6 +259,7 @@ async def _run_worker(
     worker = Worker(
         service,
         concurrency=concurrency,
+        remote_concurrency=remote_concurrency,
         providers=providers if providers is not None else available,
         models=models,
         exit_when_stuck=True,

@@ -82,7 +82,18 @@ class Settings(BaseSettings):
         "cannot run them itself: their workers run on other hosts (e.g. diffusers on GPU hosts, "
         "google_veo where only the pollers hold the Google credentials)",
     )
-    worker_concurrency: int = Field(2, ge=1)
+    worker_concurrency: int = Field(
+        2,
+        ge=1,
+        description="tasks a worker runs at once on providers that compute here (sandbox, "
+        "diffusers: bounded by CPU/GPU)",
+    )
+    worker_remote_concurrency: int = Field(
+        1000,
+        ge=1,
+        description="tasks a worker holds at once on providers that wait on a remote service "
+        "(google_veo): each costs a poll now and then, not a CPU or GPU",
+    )
     lease_seconds: float = Field(30.0, gt=0)
     poll_interval: float = Field(0.5, gt=0)
     progress_flush_interval: float = Field(0.5, gt=0)

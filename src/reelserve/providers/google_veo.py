@@ -306,6 +306,7 @@ class GoogleVeoProvider:
     """The `google_veo` provider (see the module docstring)."""
 
     name = "google_veo"
+    kind = "remote"  # waits on Google: the worker's remote bound, not its compute slots
 
     def __init__(
         self,

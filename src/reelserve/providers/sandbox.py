@@ -682,6 +682,7 @@ class SandboxProvider:
     """
 
     name = "sandbox"
+    kind = "compute"  # renders here, on the CPU: the worker's compute slots
 
     def __init__(self, *, preset: str = DEFAULT_PRESET, crf: int = DEFAULT_CRF) -> None:
         self.preset = preset

@@ -12,7 +12,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -479,6 +479,61 @@ class TaskQueue:
         if row is None:
             return False, False
         return True, bool(row[0])
+
+    HEARTBEAT_CHUNK = 2000  # leases renewed per statement (bound parameters stay few)
+
+    async def heartbeat_many(
+        self,
+        leases: Sequence[tuple[str, str]],
+        *,
+        lease_seconds: float,
+        progress: Mapping[str, int] | None = None,
+    ) -> dict[str, bool]:
+        """Extend the leases of every task a worker runs, `[(task id, lease token)]`, in one
+        statement per chunk, and raise the progress of the attempts in `progress` (by token;
+        never lowering it). Fenced like every update of a running task: only rows still
+        `processing` under the same token change. Returns `{token: cancel_requested}` for the
+        attempts that still own their task; one missing from it was lost (its lease expired and
+        another attempt took the task)."""
+        now = time.time()
+        owned: dict[str, bool] = {}
+        wanted = dict((token, task_id) for task_id, token in leases)
+        async with begin_write(self.engine) as conn:
+            for start in range(0, len(leases), self.HEARTBEAT_CHUNK):
+                chunk = leases[start : start + self.HEARTBEAT_CHUNK]
+                rows = await conn.execute(
+                    tasks.update()
+                    .where(
+                        tasks.c.id.in_({task_id for task_id, _ in chunk}),
+                        tasks.c.lease_owner.in_({token for _, token in chunk}),
+                        tasks.c.status == PROCESSING,
+                    )
+                    .values(lease_expires_at=now + lease_seconds, updated_at=now)
+                    .returning(tasks.c.id, tasks.c.lease_owner, tasks.c.cancel_requested)
+                )
+                for task_id, owner, cancel in rows:
+                    if wanted.get(owner) == task_id:  # a token belongs to one attempt
+                        owned[owner] = bool(cancel)
+            changed = [
+                {"task_id": wanted[token], "token": token, "pct": pct}
+                for token, pct in (progress or {}).items()
+                if token in owned
+            ]
+            if changed:
+                pct = sa.bindparam("pct", type_=sa.Integer)
+                await conn.execute(
+                    tasks.update()
+                    .where(
+                        tasks.c.id == sa.bindparam("task_id"),
+                        tasks.c.lease_owner == sa.bindparam("token"),
+                        tasks.c.status == PROCESSING,
+                    )
+                    .values(
+                        progress=sa.case((tasks.c.progress < pct, pct), else_=tasks.c.progress)
+                    ),
+                    changed,
+                )
+        return owned
 
     async def checkpoint(self, task_id: str, token: str, state: dict[str, Any]) -> bool:
         async with begin_write(self.engine) as conn:

@@ -50,6 +50,8 @@ from reelserve.worker.webhooks import WebhookDeliverer
 
 log = logging.getLogger("reelserve.worker")
 
+COMPUTE = "compute"
+REMOTE = "remote"
 PROVIDER_SHARE = 95  # progress percent reached when the provider is done; the rest is storing
 
 
@@ -74,6 +76,8 @@ class TaskContext:
     _checkpoint: dict[str, Any]
     _fraction: float = 0.0
     _stop: str | None = None  # "cancel" | "shutdown" | "lost"
+    token: str = ""  # this attempt's lease token
+    sent_progress: int = -1  # the progress last written to the store
     _stopped_at: float | None = None  # time.monotonic() of the stop request
     withheld: list[Withheld] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -146,6 +150,7 @@ class Worker:
         app: Reelserve,
         *,
         concurrency: int | None = None,
+        remote_concurrency: int | None = None,
         providers: set[str] | None = None,
         models: set[str] | None = None,
         name: str | None = None,
@@ -154,8 +159,15 @@ class Worker:
     ) -> None:
         self.app = app
         self.settings = app.settings
+        # Two bounds: tasks that compute here (CPU/GPU) and tasks that wait on a remote service
+        # (each costs a poll now and then), so that neither kind waits behind the other.
         self.concurrency = concurrency or self.settings.worker_concurrency
+        self.remote_concurrency = remote_concurrency or self.settings.worker_remote_concurrency
         self.providers = providers if providers is not None else set(app.providers)
+        self.remote_providers = {
+            name for name in self.providers if _kind(app.providers.get(name)) == REMOTE
+        }
+        self.compute_providers = self.providers - self.remote_providers
         self.models = models
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self.shutdown_grace = (
@@ -166,7 +178,10 @@ class Worker:
         self.exit_when_stuck = exit_when_stuck
         self.stuck = 0  # tasks whose provider did not stop within the grace period
         self._wake = asyncio.Event()
+        # Keyed by lease token (one per attempt): a task lost and re-claimed by this very worker
+        # has two entries, and the old attempt's end never touches the new one's.
         self._running: dict[str, asyncio.Task[None]] = {}
+        self._remote_running: set[str] = set()
         self._contexts: dict[str, TaskContext] = {}
         self.completed = 0
         self.webhooks = WebhookDeliverer(app, name=self.name)
@@ -176,15 +191,24 @@ class Worker:
         self._wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
-        log.info("worker %s started (concurrency %d)", self.name, self.concurrency)
+        log.info(
+            "worker %s started (concurrency %d compute, %d remote)",
+            self.name,
+            self.concurrency,
+            self.remote_concurrency,
+        )
         last_reap = 0.0
         stop_wait = asyncio.create_task(stop.wait())
         # Every worker also delivers due webhooks, of any task (store/webhooks.py).
         delivering = asyncio.create_task(self.webhooks.run(stop))
+        beating = asyncio.create_task(self._heartbeats())
         try:
             async with self.app.queue.subscribe(self._notified):
                 await self._loop(stop, stop_wait, last_reap)
         finally:
+            beating.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beating
             if not stop.is_set():
                 delivering.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -216,27 +240,34 @@ class Worker:
                         for task_id in failed:
                             log.warning("task %s failed: attempts exhausted", task_id)
                 claimed = False
-                if len(self._running) < self.concurrency:
-                    try:
-                        claimed = await self._claim_one()
-                    except Exception:
-                        log.exception("claim failed; retrying")
+                try:
+                    compute = len(self._running) - len(self._remote_running)
+                    if self.compute_providers and compute < self.concurrency:
+                        claimed = await self._claim_one(self.compute_providers, remote=False)
+                    if self.remote_providers and (
+                        len(self._remote_running) < self.remote_concurrency
+                    ):
+                        claimed = await self._claim_one(self.remote_providers, remote=True) or (
+                            claimed
+                        )
+                except Exception:
+                    log.exception("claim failed; retrying")
                 if claimed:
                     continue
                 self._wake.clear()
+                # Woken by a submit in this process, a NOTIFY, a finished task (a free slot) or
+                # the poll interval: never by waiting on thousands of running tasks.
                 waiters: set[asyncio.Future[Any]] = {
                     stop_wait,
                     asyncio.ensure_future(self._wake.wait()),
                 }
-                waiters.update(self._running.values())
                 _, pending = await asyncio.wait(
                     waiters,
                     timeout=self.settings.poll_interval,
                     return_when=asyncio.FIRST_COMPLETED,
                 )
-                running = set(self._running.values())
                 for fut in pending:
-                    if fut is not stop_wait and fut not in running:
+                    if fut is not stop_wait:
                         fut.cancel()
         finally:
             stop_wait.cancel()
@@ -255,22 +286,26 @@ class Worker:
             log.info("retention: deleted the files of %d tasks", swept)
         return swept
 
-    async def _claim_one(self) -> bool:
-        token = f"{self.name}:{secrets.token_hex(4)}"
+    async def _claim_one(self, providers: set[str], *, remote: bool) -> bool:
+        token = f"{self.name}:{secrets.token_hex(6)}"
         task = await self.app.queue.claim(
             token,
             lease_seconds=self.settings.lease_seconds,
             max_attempts=self.settings.max_attempts,
-            providers=self.providers,
+            providers=providers,
             models=self.models,
         )
         if task is None:
             return False
         job = asyncio.create_task(self._execute(task, token))
-        self._running[task.id] = job
+        self._running[token] = job
+        if remote:
+            self._remote_running.add(token)
 
         def _done(_: asyncio.Task[None]) -> None:
-            self._running.pop(task.id, None)
+            self._running.pop(token, None)
+            self._remote_running.discard(token)
+            self._wake.set()  # a slot is free: claim again
 
         job.add_done_callback(_done)
         return True
@@ -306,11 +341,12 @@ class Worker:
             _app=self.app,
             _token=token,
             _checkpoint=checkpoint,
+            token=token,
+            sent_progress=task.progress,
         )
-        self._contexts[task.id] = ctx
+        self._contexts[token] = ctx
         if task.cancel_requested:
             ctx.stop("cancel")
-        beat = asyncio.create_task(self._heartbeat(task, token, ctx))
         outcome = "?"
         claimed_at = time.monotonic()
         if task.attempts == 1 and task.started_at is not None:
@@ -361,10 +397,7 @@ class Worker:
                 "an internal error stopped this task; the server log has the details",
             )
         finally:
-            beat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await beat
-            self._contexts.pop(task.id, None)
+            self._contexts.pop(token, None)
             self.app.metrics.task_attempt_finished(
                 task.model, outcome, time.monotonic() - claimed_at
             )
@@ -494,28 +527,43 @@ class Worker:
         except Exception:
             log.exception("task %s: recording its usage failed", task.id)
 
-    async def _heartbeat(self, task: TaskRecord, token: str, ctx: TaskContext) -> None:
+    async def _heartbeats(self) -> None:
+        """Every interval, one renewal of every lease this worker holds (a statement per
+        chunk, `TaskQueue.heartbeat_many`), with the progress of the tasks whose progress
+        changed; then the tasks found lost or cancelled are told so."""
         interval = min(self.settings.lease_seconds / 3, self.settings.progress_flush_interval)
-        last_sent = -1
         while True:
             await asyncio.sleep(interval)
-            pct = int(ctx.fraction * PROVIDER_SHARE)
+            contexts = list(self._contexts.values())
+            if not contexts:
+                continue
+            leases = [(ctx.task_id, ctx.token) for ctx in contexts]
+            progress = {}
+            for ctx in contexts:
+                pct = int(ctx.fraction * PROVIDER_SHARE)
+                if pct > ctx.sent_progress:
+                    progress[ctx.token] = pct
             try:
-                owned, cancel = await self.app.queue.heartbeat(
-                    task.id,
-                    token,
-                    lease_seconds=self.settings.lease_seconds,
-                    progress=pct if pct != last_sent else None,
+                owned = await self.app.queue.heartbeat_many(
+                    leases, lease_seconds=self.settings.lease_seconds, progress=progress
                 )
             except Exception:
-                log.exception("heartbeat for %s failed; will retry", task.id)
+                log.exception("renewing %d leases failed; will retry", len(leases))
                 continue
-            last_sent = pct
-            if not owned:
-                ctx.stop("lost")
-                return
-            if cancel:
-                ctx.stop("cancel")
+            for ctx in contexts:
+                if ctx.token not in owned:
+                    ctx.stop("lost")
+                    continue
+                if ctx.token in progress:
+                    ctx.sent_progress = progress[ctx.token]
+                if owned[ctx.token]:
+                    ctx.stop("cancel")
+
+
+def _kind(provider: object) -> str:
+    """A provider's kind of work: "remote" (it waits on another service: Veo, relays) or
+    "compute" (it works here, on the CPU or GPU), as the provider declares it."""
+    return REMOTE if getattr(provider, "kind", COMPUTE) == REMOTE else COMPUTE
 
 
 def _exit_now(name: str, stuck: int) -> None:

@@ -1,0 +1,149 @@
+"""A worker's bookkeeping: two bounds (tasks that compute here, tasks that wait on a remote
+service), and attempts tracked one by one.
+
+With `worker_concurrency` 1, a sandbox task (compute) holds the worker's one compute slot while
+a dozen Veo tasks (remote: each waits on the fake Google) are all in flight beside it, and a
+second sandbox task waits its turn in the queue. The server is the real app on loopback; Google
+is the local fake.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from reelserve.domain.task import TaskStatus
+from reelserve.service import Reelserve
+from reelserve.store.tables import tasks
+from reelserve.worker.runner import Worker
+from tests.fakes.google_veo import FakeGoogle, serve
+from tests.support import LiveServer, make_settings, submit, wait_task
+
+KEY = "AIzaSlotsKey0001"
+REMOTE_TASKS = 12
+
+
+@pytest.fixture()
+def fake() -> Iterator[FakeGoogle]:
+    with serve(FakeGoogle(api_keys=(KEY,))) as running:
+        yield running
+
+
+def _status(client: httpx.Client, task_id: str) -> str:
+    status: str = client.get(f"/v1/tasks/{task_id}").json()["data"]["status"]
+    return status
+
+
+def test_remote_tasks_do_not_take_compute_slots(fake: FakeGoogle, tmp_path: Path) -> None:
+    google = {
+        "api_key": KEY,
+        "base_url": fake.url,
+        "max_concurrency": 100,
+        "poll_interval": 0.05,
+        "poll_max_interval": 0.2,
+    }
+    settings = make_settings(tmp_path / "data", worker_concurrency=1, google=google)
+    live = LiveServer(settings).start()
+    try:
+        with live.client(live.mint("live", "slots")) as client:
+            fake.finish = False  # every Veo operation waits until the test says
+            # A compute task long enough to still be running while the remote ones start.
+            busy = submit(client, {"model": "sandbox", "prompt": "long render", "duration": 10})
+            deadline = time.monotonic() + 60
+            while _status(client, busy) != "processing":
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            queued = submit(client, {"model": "sandbox", "prompt": "next", "duration": 1})
+            veo = [
+                submit(client, {"model": "veo3.1-fast-official", "prompt": f"v{i}", "duration": 4})
+                for i in range(REMOTE_TASKS)
+            ]
+            while len(fake.operations) < REMOTE_TASKS:
+                assert time.monotonic() < deadline, f"{len(fake.operations)} operations started"
+                time.sleep(0.05)
+            # All twelve are in flight upstream at once, beside the compute task, while the
+            # second compute task waits for the one compute slot.
+            assert all(_status(client, t) == "processing" for t in veo)
+            assert _status(client, busy) == "processing"
+            assert _status(client, queued) == "pending"
+            fake.finish_all()
+            for task_id in [*veo, busy, queued]:
+                assert wait_task(client, task_id, timeout=120)["status"] == "completed"
+    finally:
+        live.stop()
+    assert len(fake.submits()) == REMOTE_TASKS
+
+
+class TwoAttemptsProvider:
+    """Attempt 1 runs until attempt 2 of the same task has started in the same worker, then
+    ends (it finds itself lost); attempt 2 runs until it is told to stop."""
+
+    name = "sandbox"
+    kind = "compute"
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.second_started = asyncio.Event()
+        self.second_stopped: str | None = None
+
+    async def run(self, spec: Any, ctx: Any) -> list[Any]:
+        self.calls += 1
+        if self.calls == 1:
+            await self.second_started.wait()
+            await asyncio.sleep(0.3)
+            ctx.check_cancelled()  # lost: raises LeaseLost
+            return []
+        self.second_started.set()
+        try:
+            while True:
+                ctx.check_cancelled()
+                await asyncio.sleep(0.05)
+        except Exception as exc:
+            self.second_stopped = type(exc).__name__
+            raise
+
+
+async def test_an_old_attempt_ending_leaves_the_new_attempt_tracked(tmp_path: Path) -> None:
+    """A task whose lease this worker lost, and which this same worker then claims again, has
+    two attempts in the worker at once; the old one's end must not drop the new one, which the
+    worker must still stop and hand back on shutdown (issue 11, point 5)."""
+    service = await Reelserve.open(make_settings(tmp_path / "data", lease_seconds=2.0))
+    provider = TwoAttemptsProvider()
+    service.providers["sandbox"] = provider
+    key, _, _ = await service.create_key("test")
+    task = await service.submit(key, {"model": "sandbox", "prompt": "p", "duration": 1})
+    stop = asyncio.Event()
+    running = asyncio.create_task(Worker(service).run(stop))
+    try:
+        deadline = time.monotonic() + 30
+        while provider.calls < 1:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        # As after a stall: another worker took the task meanwhile and died, its lease expired.
+        async with service.queue.engine.begin() as conn:
+            await conn.execute(
+                tasks.update()
+                .where(tasks.c.id == task.id)
+                .values(lease_owner="ghost", lease_expires_at=time.time() - 1)
+            )
+        while provider.calls < 2:
+            assert time.monotonic() < deadline, "the task was never claimed again"
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(1.0)  # attempt 1 finds itself lost and ends
+        current = await service.get_task(key, task.id)
+        assert current.status is TaskStatus.PROCESSING
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 30)
+    current = await service.get_task(key, task.id)
+    await service.close()
+    assert provider.second_stopped == "WorkerShutdown"
+    # Handed back (release): no owner, the lease expired now, claimable by the next worker.
+    assert current.lease_owner is None and current.releases == 1
+    assert (current.lease_expires_at or 0) < time.time()

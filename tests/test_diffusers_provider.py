@@ -320,6 +320,9 @@ def test_models_endpoint_shows_what_each_local_model_renders(client: httpx.Clien
     assert models["ltx2"]["audio"] is True
     assert models["wan-huge"]["sizes"]["720p"] == [1 << 20, 1 << 20]
     assert "options" not in wan
+    # Wan 2.2 I2V-A14B was never trained on first+last frame: clients are told.
+    assert models["wan22-i2v"]["details"] == {"experimental_modes": ["flf2v"]}
+    assert "details" not in wan
 
 
 @pytest.mark.parametrize(

@@ -119,7 +119,7 @@ def _save(pipe: Any, path: Path, dtype: torch.dtype) -> None:
 
 
 def _wan_parts(in_channels: int, **transformer: Any) -> dict[str, Any]:
-    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
     from transformers import UMT5Config, UMT5EncoderModel
 
     torch.manual_seed(0)
@@ -158,7 +158,10 @@ def _wan_parts(in_channels: int, **transformer: Any) -> dict[str, Any]:
         "tokenizer": tiny_tokenizer(),
         "text_encoder": text_encoder,
         "vae": vae,
-        "scheduler": FlowMatchEulerDiscreteScheduler(shift=3.0),
+        # As the published Wan checkpoints ship it: UniPC on flow sigmas, shift 3 (480p).
+        "scheduler": UniPCMultistepScheduler(
+            prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0
+        ),
         "transformer": model,
     }
 
@@ -233,8 +236,13 @@ def save_wan22_i2v(path: Path, dtype: torch.dtype = torch.float32) -> Path:
 # -- LTX-Video -----------------------------------------------------------------------------------
 
 
-def save_ltx(path: Path, dtype: torch.dtype = torch.float32) -> Path:
-    """An LTX-Video 0.9.x checkpoint (`LTXPipeline`): 32x spatial, 8x temporal compression."""
+def save_ltx(
+    path: Path, dtype: torch.dtype = torch.float32, *, timestep_conditioning: bool = False
+) -> Path:
+    """An LTX-Video 0.9.x checkpoint (`LTXPipeline`): 32x spatial, 8x temporal compression.
+
+    `timestep_conditioning`: the decoder takes the decode timestep, as from LTX-Video 0.9.1 on.
+    """
     from diffusers import (
         AutoencoderKLLTXVideo,
         FlowMatchEulerDiscreteScheduler,
@@ -271,7 +279,7 @@ def save_ltx(path: Path, dtype: torch.dtype = torch.float32) -> Path:
         decoder_inject_noise=(False, False, False, False, False),
         upsample_residual=(False, False, False, False),
         upsample_factor=(1, 1, 1, 1),
-        timestep_conditioning=False,
+        timestep_conditioning=timestep_conditioning,
         patch_size=4,
         patch_size_t=1,
         encoder_causal=True,

@@ -70,6 +70,9 @@ class ModelEntry(BaseModel):
     # What each configured upstream backend can do with this model (filled in by the provider,
     # e.g. Veo's Gemini API and Vertex AI rules); shown by `GET /v1/models`.
     backends: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # How the provider runs this model where clients should know (filled in by the provider,
+    # e.g. a local model's experimental modes or distillation); shown by `GET /v1/models`.
+    details: dict[str, Any] = Field(default_factory=dict)
 
     def public(self) -> dict[str, Any]:
         """The entry as `GET /v1/models` shows it (no provider options, which may hold secrets)."""
@@ -90,6 +93,7 @@ class ModelEntry(BaseModel):
             "max_sample_count": self.max_sample_count,
             "estimated_time": self.estimated_time,
             **({"backends": self.backends} if self.backends else {}),
+            **({"details": self.details} if self.details else {}),
         }
 
     def render_size(self, resolution: str, aspect_ratio: str = "16:9") -> tuple[int, int]:

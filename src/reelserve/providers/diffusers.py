@@ -40,7 +40,11 @@ from reelserve.domain.task import ErrorCode
 from reelserve.media.images import DEFAULT_MAX_PIXELS, ImageInputError, decode_image, fit_image
 from reelserve.media.video import encode_mp4
 from reelserve.providers.base import Clip, InputImages, ProviderError, RunContext
-from reelserve.providers.diffusers_options import LocalModel
+from reelserve.providers.diffusers_options import (
+    RESERVED_CALL_ARGUMENTS,
+    LocalModel,
+    LocalModelError,
+)
 
 log = logging.getLogger("reelserve.providers.diffusers")
 
@@ -80,6 +84,7 @@ class RenderPlan:
     fps: int
     seeds: tuple[int, ...]
     audio: bool
+    flow_shift: float | None = None  # the scheduler's shift at this size; None: the checkpoint's
 
     @property
     def seconds(self) -> float:
@@ -92,13 +97,14 @@ def plan_render(model: LocalModel, spec: GenerationSpec) -> RenderPlan:
     return RenderPlan(
         mode=spec.mode,
         prompt=spec.prompt,
-        negative_prompt=spec.negative_prompt or model.options.negative_prompt,
+        negative_prompt=model.negative_prompt(spec.negative_prompt),
         width=width,
         height=height,
         frames=model.frames(spec.duration),
         fps=model.entry.fps,
         seeds=tuple(spec.sample_seed(i) for i in range(spec.sample_count)),
         audio=spec.generate_audio,
+        flow_shift=model.flow_shift(spec.resolution, width, height),
     )
 
 
@@ -117,6 +123,7 @@ class DiffusersProvider:
     name = "diffusers"
 
     def __init__(self, models: dict[str, LocalModel], *, device: str | None = None) -> None:
+        check_runtime_options(models)
         self.models = models
         self.device = device
         self._runtimes: dict[str, _Runtime] = {}
@@ -211,6 +218,10 @@ class _Runtime:
         self.base = base
         self._pipelines: dict[str, Any] = {type(base).__name__: base}
         self._offloaded: str | None = None
+        # One scheduler per flow shift, built on first use from the checkpoint's own; swapped
+        # into the pipeline before each call, under the device lock (one call at a time).
+        self._scheduler = base.scheduler
+        self._schedulers: dict[float, Any] = {}
 
     @classmethod
     def load(cls, model: LocalModel, device: str | None) -> _Runtime:
@@ -232,12 +243,17 @@ class _Runtime:
                 "holds no model_index.json); the worker's log names the directory",
             )
         dtype = _dtype(options.dtype, device)
-        log.info("loading %s from %s on %s (%s)", entry_id, options.checkpoint, device, dtype)
+        # One dtype per component: the model's, apart from those its authors keep in another
+        # (Wan's VAE and image encoder in float32) or the entry names in component_dtypes.
+        dtypes = {"default": dtype}
+        for name, value in model.component_dtypes().items():
+            dtypes[name] = _dtype(value, device)
+        log.info("loading %s from %s on %s (%s)", entry_id, options.checkpoint, device, dtypes)
         try:
             from diffusers import DiffusionPipeline
 
             base = DiffusionPipeline.from_pretrained(  # type: ignore[no-untyped-call]
-                str(options.checkpoint), dtype=dtype, local_files_only=True
+                str(options.checkpoint), dtype=dtypes, local_files_only=True
             )
         except Exception as exc:
             if _is_out_of_memory(exc):
@@ -323,6 +339,18 @@ class _Runtime:
             self._offloaded = name
         return pipe
 
+    def scheduler(self, shift: float | None) -> Any:
+        """The checkpoint's scheduler with another flow shift (one instance per shift)."""
+        if shift is None:
+            return self._scheduler
+        scheduler = self._schedulers.get(shift)
+        if scheduler is None:
+            config = self._scheduler.config
+            key = "flow_shift" if "flow_shift" in config else "shift"
+            scheduler = type(self._scheduler).from_config(config, **{key: shift})
+            self._schedulers[shift] = scheduler
+        return scheduler
+
     def generate(
         self,
         plan: RenderPlan,
@@ -337,7 +365,8 @@ class _Runtime:
         options = self.model.options
         family = options.family
         pipe = self.pipeline(plan.mode)
-        steps = options.steps()
+        pipe.scheduler = self.scheduler(plan.flow_shift)  # under the device lock
+        steps = self.model.steps()
 
         def on_step(
             pipeline: Any, step: int, timestep: Any, tensors: dict[str, Any]
@@ -361,8 +390,15 @@ class _Runtime:
             "output_type": "np",
             "callback_on_step_end": on_step,
         }
-        if options.guidance_scale is not None:
-            kwargs["guidance_scale"] = options.guidance_scale
+        guidance, guidance_2 = self.model.guidance()
+        if guidance is not None:
+            kwargs["guidance_scale"] = guidance
+        if guidance_2 is not None and getattr(pipe.config, "boundary_ratio", None) is not None:
+            kwargs["guidance_scale_2"] = guidance_2  # Wan 2.2 A14B's low-noise expert
+        accepted = _call_parameters(type(pipe))
+        for key, value in self.model.call_arguments().items():
+            if key in accepted:
+                kwargs[key] = value
         if options.max_sequence_length is not None:
             kwargs["max_sequence_length"] = options.max_sequence_length
         if family in ("ltx", "ltx2"):
@@ -403,6 +439,79 @@ class _Runtime:
 
 
 # -- helpers -------------------------------------------------------------------------------------
+
+
+def _call_parameters(cls: Any) -> set[str]:
+    import inspect
+
+    return set(inspect.signature(cls.__call__).parameters) - {"self", "kwargs"}
+
+
+def check_runtime_options(models: dict[str, LocalModel]) -> None:
+    """The options only diffusers itself can judge, at startup: `pipeline_kwargs` against the
+    `__call__` signatures of the pipelines the model runs, and `attention_backend` against the
+    backends diffusers has. Raises `LocalModelError` naming the model, the option, what it may
+    be and what it was."""
+    import diffusers
+    from diffusers.models.attention_dispatch import AttentionBackendName
+
+    backends = sorted(b.value for b in AttentionBackendName)
+    for model in models.values():
+        where = f'model "{model.entry.id}"'
+        options = model.options
+        if options.attention_backend is not None and options.attention_backend not in backends:
+            raise LocalModelError(
+                f"{where}: options.attention_backend must be one of {', '.join(backends)} "
+                f"(got {options.attention_backend!r})"
+            )
+        if not options.pipeline_kwargs:
+            continue
+        classes = sorted({PIPELINES[options.family][mode] for mode in model.entry.modes})
+        signatures = {name: _signature(getattr(diffusers, name)) for name in classes}
+        allowed: dict[str, Any] = {}
+        for parameters in signatures.values():
+            for key, parameter in parameters.items():
+                if key not in RESERVED_CALL_ARGUMENTS:
+                    allowed.setdefault(key, parameter.default)
+        for key, value in options.pipeline_kwargs.items():
+            if key not in allowed:
+                raise LocalModelError(
+                    f"{where}: options.pipeline_kwargs.{key} is not an argument of "
+                    f"{' or '.join(classes)}; allowed: {', '.join(sorted(allowed))}"
+                )
+            expected, given = _kind(allowed[key]), _kind(value)
+            fits = expected in (None, given) or (expected, given) == ("number", "integer")
+            if value is not None and not fits:
+                raise LocalModelError(
+                    f"{where}: options.pipeline_kwargs.{key} must be a {expected} like the "
+                    f"pipeline's default {allowed[key]!r} (got {value!r})"
+                )
+
+
+def _signature(cls: Any) -> dict[str, Any]:
+    import inspect
+
+    parameters = inspect.signature(cls.__call__).parameters
+    return {k: p for k, p in parameters.items() if k not in ("self", "kwargs")}
+
+
+def _kind(value: Any) -> str | None:
+    """The JSON kind of a value (a default's, or an option's); None where any value goes."""
+    import inspect
+
+    if value is None or value is inspect.Parameter.empty:
+        return None
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, (list, tuple)):
+        return "list"
+    return None
 
 
 def _variant(cls: Any, base: Any) -> Any:

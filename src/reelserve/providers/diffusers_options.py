@@ -16,6 +16,11 @@ The mapping rules (what `GET /v1/models` shows and what a worker renders):
 * frames: `duration * fps` rounded up to the next count the VAE can encode, `k * t + 1` for its
   temporal compression `t` (4 for Wan, 8 for LTX-Video and LTX-2), so a clip is never shorter than
   asked; at most `max_frames`.
+
+And the settings each checkpoint's authors run it with (`AUTHORS`), read from which checkpoint
+it is (`Geometry.variant`, from its JSON configs): steps, guidance, the scheduler's shift per
+resolution, Wan's default negative prompt, components kept in float32, and call arguments such
+as LTX-2.0's. Every one of them can be overridden in the model entry.
 """
 
 from __future__ import annotations
@@ -27,7 +32,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    ValidationError,
+)
 
 from reelserve.domain.models import RESOLUTION_SIZES, ModelEntry
 
@@ -46,6 +59,118 @@ DEFAULT_STEPS: dict[str, int] = {"wan": 50, "ltx": 50, "ltx2": 40}
 MIN_MULTIPLE: dict[str, int] = {"wan": 16, "ltx": 32, "ltx2": 32}
 
 
+DType = Literal["bfloat16", "float16", "float32"]
+# A value of `pipeline_kwargs`: what a TOML or JSON model entry can hold.
+CallValue = StrictBool | StrictInt | StrictFloat | str | list[StrictInt] | list[StrictFloat] | None
+
+# The pipeline arguments reelserve itself sets from the request and the options above: refused
+# in `pipeline_kwargs` (each has its own option, or comes from the request).
+RESERVED_CALL_ARGUMENTS = frozenset(
+    {
+        "prompt",
+        "negative_prompt",
+        "height",
+        "width",
+        "num_frames",
+        "frame_rate",
+        "num_inference_steps",
+        "guidance_scale",
+        "guidance_scale_2",
+        "num_videos_per_prompt",
+        "generator",
+        "latents",
+        "prompt_embeds",
+        "negative_prompt_embeds",
+        "output_type",
+        "return_dict",
+        "callback_on_step_end",
+        "callback_on_step_end_tensor_inputs",
+        "max_sequence_length",
+        "image",
+        "last_image",
+        "conditions",
+        "video",
+        "frame_index",
+    }
+)
+
+# Wan's default negative prompt (`sample_neg_prompt` in the Wan 2.1 / 2.2 repositories'
+# `wan/configs/shared_config.py`), which the official scripts use when none is given.
+WAN_NEGATIVE_PROMPT = (
+    "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，"  # noqa: RUF001
+    "低质量，JPEG压缩残留，丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，"  # noqa: RUF001
+    "毁容的，形态畸形的肢体，手指融合，静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走"  # noqa: RUF001
+)
+
+
+@dataclass(frozen=True)
+class Authors:
+    """How a checkpoint's authors run it (see `AUTHORS`); None: the pipeline's own default."""
+
+    steps: int | None = None
+    guidance_scale: float | None = None
+    guidance_scale_2: float | None = None
+    negative_prompt: str | None = None
+    # The scheduler's flow shift below and from 720p (short side >= 720) up.
+    shift_480p: float | None = None
+    shift_720p: float | None = None
+    component_dtypes: tuple[tuple[str, DType], ...] = ()
+    call: tuple[tuple[str, Any], ...] = ()
+    experimental_modes: tuple[str, ...] = ()
+
+
+# The official code runs Wan's VAE (and 2.1's CLIP image encoder) in float32.
+_WAN_FP32: tuple[tuple[str, DType], ...] = (("vae", "float32"), ("image_encoder", "float32"))
+_WAN21 = Authors(
+    negative_prompt=WAN_NEGATIVE_PROMPT,
+    shift_480p=3.0,  # diffusers' Wan example: "5.0 for 720P, 3.0 for 480P"
+    shift_720p=5.0,
+    component_dtypes=_WAN_FP32,
+)
+# By checkpoint (`Geometry.variant`). Sources: the Wan 2.1 / 2.2 repositories (`wan/configs/`:
+# sample_shift, sample_steps, sample_guide_scale as (low-noise, high-noise) pairs for A14B),
+# diffusers' documentation of the LTX pipelines (LTX-Video >= 0.9.1's decode timestep and image
+# condition noise) and of LTX-2 (`use_cross_timestep=False` and STG block 29 for LTX-2.0; the
+# pipeline's defaults are LTX-2.3's).
+AUTHORS: dict[str, Authors] = {
+    "wan2.1-t2v": _WAN21,
+    "wan2.1-i2v": _WAN21,
+    "wan2.1-flf2v": _WAN21,
+    "wan2.2-t2v-a14b": Authors(
+        steps=40,
+        guidance_scale=4.0,
+        guidance_scale_2=3.0,
+        negative_prompt=WAN_NEGATIVE_PROMPT,
+        shift_480p=12.0,
+        shift_720p=12.0,
+        component_dtypes=_WAN_FP32,
+    ),
+    "wan2.2-i2v-a14b": Authors(
+        steps=40,
+        guidance_scale=3.5,
+        guidance_scale_2=3.5,
+        negative_prompt=WAN_NEGATIVE_PROMPT,
+        shift_480p=5.0,
+        shift_720p=5.0,
+        component_dtypes=_WAN_FP32,
+        # Wan 2.2 I2V-A14B was trained on first frames only; its last_image path is FLF2V's.
+        experimental_modes=("flf2v",),
+    ),
+    "wan2.2-ti2v-5b": Authors(
+        negative_prompt=WAN_NEGATIVE_PROMPT,
+        shift_480p=5.0,
+        shift_720p=5.0,
+        component_dtypes=_WAN_FP32,
+    ),
+    "ltx-0.9.0": Authors(),
+    "ltx-0.9.1": Authors(call=(("decode_timestep", 0.05), ("image_cond_noise_scale", 0.025))),
+    "ltx2.0": Authors(
+        call=(("use_cross_timestep", False), ("spatio_temporal_guidance_blocks", [29]))
+    ),
+    "ltx2.3": Authors(),
+}
+
+
 class LocalModelError(ValueError):
     """A local model entry that cannot be served as declared (raised at startup)."""
 
@@ -60,8 +185,25 @@ class DiffusersOptions(BaseModel):
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
         "auto", description="weights and compute; auto: bfloat16 on GPUs, float32 on the CPU"
     )
+    component_dtypes: dict[str, DType] = Field(
+        default_factory=dict,
+        description="dtype per component (vae, image_encoder, text_encoder...); Wan's VAE and "
+        "image encoder default to float32",
+    )
     num_inference_steps: int | None = Field(None, ge=1, le=1000)
     guidance_scale: float | None = Field(None, ge=0)
+    guidance_scale_2: float | None = Field(
+        None, ge=0, description="Wan 2.2 A14B: guidance of the low-noise expert (transformer_2)"
+    )
+    flow_shift: float | dict[str, float] | None = Field(
+        None, description="Wan: the scheduler's shift, one for all resolutions or per resolution"
+    )
+    pipeline_kwargs: dict[str, CallValue] = Field(
+        default_factory=dict, description="more arguments of the pipelines' __call__"
+    )
+    experimental_modes: list[Mode] = Field(
+        default_factory=list, description="modes GET /v1/models marks experimental"
+    )
     max_pixels: int | None = Field(None, ge=256, description="pixel budget of derived sizes")
     max_frames: int | None = Field(None, ge=1, description="longest clip the model renders")
     max_sequence_length: int | None = Field(None, ge=1, description="prompt tokens")
@@ -76,9 +218,6 @@ class DiffusersOptions(BaseModel):
         False, description="text-to-video samples of one task in one batched call"
     )
 
-    def steps(self) -> int:
-        return self.num_inference_steps or DEFAULT_STEPS[self.family]
-
 
 @dataclass(frozen=True)
 class Geometry:
@@ -88,6 +227,7 @@ class Geometry:
     temporal: int  # frame counts are k * temporal + 1
     modes: frozenset[str]
     description: str  # what kind of checkpoint it is, for error messages
+    variant: str = ""  # a key of AUTHORS; "" where the checkpoint is not on this host
 
     def frames(self, duration: int, fps: int) -> int:
         return frame_count(duration, fps, self.temporal)
@@ -103,6 +243,52 @@ class LocalModel:
 
     def frames(self, duration: int) -> int:
         return self.geometry.frames(duration, self.entry.fps)
+
+    @property
+    def authors(self) -> Authors:
+        return AUTHORS.get(self.geometry.variant, Authors())
+
+    def steps(self) -> int:
+        return (
+            self.options.num_inference_steps
+            or self.authors.steps
+            or DEFAULT_STEPS[self.options.family]
+        )
+
+    def guidance(self) -> tuple[float | None, float | None]:
+        """(guidance_scale, guidance_scale_2): the entry's, else the authors'; None: the
+        pipeline's own. guidance_scale_2 is only ever set on a two-expert Wan 2.2 checkpoint."""
+        first = self.options.guidance_scale
+        if first is None:
+            first = self.authors.guidance_scale
+        second = self.options.guidance_scale_2
+        if second is None:
+            second = self.authors.guidance_scale_2
+        return first, second
+
+    def negative_prompt(self, asked: str | None) -> str | None:
+        return asked or self.options.negative_prompt or self.authors.negative_prompt
+
+    def flow_shift(self, resolution: str, width: int, height: int) -> float | None:
+        """The scheduler shift a render at this size uses; None: the checkpoint's scheduler."""
+        shift = self.options.flow_shift
+        if isinstance(shift, dict):
+            shift = shift.get(resolution)
+        if shift is not None:
+            return float(shift)
+        big = min(width, height) >= 720
+        return self.authors.shift_720p if big else self.authors.shift_480p
+
+    def component_dtypes(self) -> dict[str, str]:
+        return {**dict(self.authors.component_dtypes), **self.options.component_dtypes}
+
+    def call_arguments(self) -> dict[str, Any]:
+        """Extra pipeline arguments: the authors', then the entry's `pipeline_kwargs`."""
+        return {**dict(self.authors.call), **self.options.pipeline_kwargs}
+
+    def experimental_modes(self) -> list[str]:
+        marked = set(self.options.experimental_modes) | set(self.authors.experimental_modes)
+        return [m for m in self.entry.modes if m in marked]
 
 
 # -- the mapping rules ---------------------------------------------------------------------------
@@ -175,28 +361,62 @@ def checkpoint_geometry(family: str, checkpoint: Path) -> Geometry | None:
         temporal = int(vae.get("scale_factor_temporal") or 4)
         z_dim = int(vae.get("z_dim") or 16)
         in_channels = int(transformer.get("in_channels") or z_dim)
+        experts = _has_component(index, "transformer_2")
         if index.get("expand_timesteps"):
             return Geometry(
-                multiple, temporal, frozenset({"t2v", "i2v"}), "a Wan 2.2 TI2V checkpoint"
+                multiple,
+                temporal,
+                frozenset({"t2v", "i2v"}),
+                "a Wan 2.2 TI2V checkpoint",
+                "wan2.2-ti2v-5b",
             )
         if in_channels == z_dim:
+            variant = "wan2.2-t2v-a14b" if experts else "wan2.1-t2v"
             return Geometry(
-                multiple, temporal, frozenset({"t2v"}), "a Wan text-to-video checkpoint"
+                multiple, temporal, frozenset({"t2v"}), "a Wan text-to-video checkpoint", variant
             )
         if transformer.get("pos_embed_seq_len"):
-            return Geometry(multiple, temporal, frozenset({"flf2v"}), "a Wan FLF2V checkpoint")
+            return Geometry(
+                multiple, temporal, frozenset({"flf2v"}), "a Wan FLF2V checkpoint", "wan2.1-flf2v"
+            )
         if transformer.get("image_dim"):
-            return Geometry(multiple, temporal, frozenset({"i2v"}), "a Wan 2.1 I2V checkpoint")
+            return Geometry(
+                multiple, temporal, frozenset({"i2v"}), "a Wan 2.1 I2V checkpoint", "wan2.1-i2v"
+            )
         return Geometry(
-            multiple, temporal, frozenset({"i2v", "flf2v"}), "a Wan 2.2 image-to-video checkpoint"
+            multiple,
+            temporal,
+            frozenset({"i2v", "flf2v"}),
+            "a Wan 2.2 image-to-video checkpoint",
+            "wan2.2-i2v-a14b",
         )
     spatial = _ltx_ratio(vae, "spatial", "patch_size") * int(transformer.get("patch_size") or 1)
     temporal = _ltx_ratio(vae, "temporal", "patch_size_t") * int(
         transformer.get("patch_size_t") or 1
     )
     multiple = math.lcm(spatial, MIN_MULTIPLE[family])
-    name = "an LTX-2 checkpoint" if family == "ltx2" else "an LTX-Video checkpoint"
-    return Geometry(multiple, temporal, frozenset({"t2v", "i2v", "flf2v"}), name)
+    if family == "ltx2":
+        # LTX-2.3 modulates cross-attention by the prompt; LTX-2.0 does not.
+        newer = transformer.get("cross_attn_mod") or transformer.get("audio_cross_attn_mod")
+        name, variant = "an LTX-2 checkpoint", "ltx2.3" if newer else "ltx2.0"
+    else:
+        # From 0.9.1 on, LTX-Video's VAE decoder is timestep-conditioned.
+        newer = vae.get("timestep_conditioning")
+        name, variant = "an LTX-Video checkpoint", "ltx-0.9.1" if newer else "ltx-0.9.0"
+    return Geometry(multiple, temporal, frozenset({"t2v", "i2v", "flf2v"}), name, variant)
+
+
+def _has_component(index: dict[str, Any], name: str) -> bool:
+    value = index.get(name)
+    return isinstance(value, list) and any(v is not None for v in value)
+
+
+def checkpoint_components(checkpoint: Path) -> set[str] | None:
+    """The component names of a checkpoint (model_index.json); None if it is not on this host."""
+    index = _config(checkpoint, "")
+    if not index:
+        return None
+    return {k for k, v in index.items() if not k.startswith("_") and isinstance(v, list)}
 
 
 def default_geometry(family: str) -> Geometry:
@@ -292,7 +512,73 @@ def prepare_local_model(entry: ModelEntry) -> LocalModel:
                 f"entry's resolutions {list(entry.resolutions)}"
             )
     entry.sizes = sizes
-    return LocalModel(entry=entry, options=options, geometry=geometry)
+    _check_tuning(where, entry, options, geometry)
+    model = LocalModel(entry=entry, options=options, geometry=geometry)
+    entry.details = model_details(model)
+    return model
+
+
+def model_details(model: LocalModel) -> dict[str, Any]:
+    """What `GET /v1/models` says of how a local model runs (its entry's `details`)."""
+    details: dict[str, Any] = {}
+    experimental = model.experimental_modes()
+    if experimental:
+        details["experimental_modes"] = experimental
+    return details
+
+
+def _check_tuning(
+    where: str, entry: ModelEntry, options: DiffusersOptions, geometry: Geometry
+) -> None:
+    """The options that tune how the pipeline runs, against what the checkpoint is."""
+    family = options.family
+    two_experts = ("", "wan2.2-t2v-a14b", "wan2.2-i2v-a14b")
+    if options.guidance_scale_2 is not None and (
+        family != "wan" or geometry.variant not in two_experts
+    ):
+        raise LocalModelError(
+            f"{where}: options.guidance_scale_2 is the low-noise expert's guidance of a Wan "
+            f"2.2 A14B checkpoint (two transformers); {options.checkpoint} is "
+            f"{geometry.description} (got guidance_scale_2 = {options.guidance_scale_2})"
+        )
+    shift = options.flow_shift
+    if shift is not None:
+        if family != "wan":
+            raise LocalModelError(
+                f"{where}: options.flow_shift applies to wan models only (the LTX schedulers "
+                f"shift by resolution themselves); got flow_shift = {shift!r}"
+            )
+        shifts = shift if isinstance(shift, dict) else {"*": shift}
+        unknown = [r for r in shifts if r != "*" and r not in entry.resolutions]
+        if unknown:
+            raise LocalModelError(
+                f"{where}: options.flow_shift names resolutions {unknown}; expected a number or "
+                f"a table by the entry's resolutions {list(entry.resolutions)}"
+            )
+        bad = {r: v for r, v in shifts.items() if not v > 0}
+        if bad:
+            raise LocalModelError(f"{where}: options.flow_shift must be positive (got {shift!r})")
+    components = checkpoint_components(options.checkpoint)
+    if components is not None:
+        unknown = sorted(set(options.component_dtypes) - components)
+        if unknown:
+            raise LocalModelError(
+                f"{where}: options.component_dtypes names {unknown}, which {options.checkpoint} "
+                f"does not have; its components are {sorted(components)}"
+            )
+    reserved = sorted(set(options.pipeline_kwargs) & RESERVED_CALL_ARGUMENTS)
+    if reserved:
+        raise LocalModelError(
+            f"{where}: options.pipeline_kwargs cannot set {reserved}: reelserve sets them from "
+            "the request or from their own options (num_inference_steps, guidance_scale, "
+            "guidance_scale_2, negative_prompt, max_sequence_length)"
+        )
+    extra = [m for m in options.experimental_modes if m not in entry.modes]
+    if extra:
+        raise LocalModelError(
+            f"{where}: options.experimental_modes must be among the entry's modes "
+            f"{list(entry.modes)} (got {list(options.experimental_modes)})"
+        )
 
 
 def prepare_local_models(entries: list[ModelEntry]) -> dict[str, LocalModel]:

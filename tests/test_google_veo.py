@@ -440,6 +440,51 @@ def test_429_everywhere_then_success_honours_retry_info(
     assert len(fake.operations) == 1
 
 
+def test_quota_exhaustion_is_a_queue_not_a_failure(client: httpx.Client, fake: FakeGoogle) -> None:
+    """Both keys answer 429 (with RetryInfo) more times than `retry_attempts` (3): the task
+    waits, as Google asks, until the quota frees, instead of failing."""
+    fake.exhausted.update({KEY_A, KEY_B})
+    fake.exhausted_retry_delay = "0.1s"
+    task_id = submit(client, {"model": FAST, "prompt": "a burst", "duration": 4})
+    deadline = time.monotonic() + 30
+    while len(fake.submits()) < 10:  # five rounds over both keys
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert client.get(f"/v1/tasks/{task_id}").json()["data"]["status"] == "processing"
+    fake.exhausted.clear()
+    final = wait_task(client, task_id, timeout=60)
+    assert final["status"] == "completed", final.get("error")
+    assert len(fake.operations) == 1
+
+
+async def test_submit_rate_limiter_spaces_requests() -> None:
+    from reelserve.providers.google_credentials import RateLimiter
+
+    limiter = RateLimiter(per_minute=600)  # 10 a second, in bursts of up to 10
+    started = time.monotonic()
+    for _ in range(12):
+        await limiter.take(lambda: None)
+    # The burst went at once; the 11th and 12th each waited for a token (0.1 s apart).
+    assert time.monotonic() - started >= 0.18
+    assert limiter.burst == 10
+
+
+def test_rate_settings_reach_each_credential() -> None:
+    from reelserve.providers.google_credentials import build_credentials
+    from reelserve.settings_google import GoogleSettings
+
+    settings = GoogleSettings(
+        api_keys=[{"key": "k1", "submits_per_minute": 5}, {"key": "k2"}],
+        submits_per_minute=50,
+        requests_per_minute=600,
+    )
+    first, second = build_credentials(settings)
+    assert first.submit_rate is not None and first.submit_rate.per_second == 5 / 60
+    assert second.submit_rate is not None and second.submit_rate.per_second == 50 / 60
+    assert first.request_rate is not None and first.request_rate.per_second == 10
+    assert GoogleSettings().max_concurrency == 1000  # Google limits rates, not operations
+
+
 def test_operation_error_and_inline_videos(client: httpx.Client, fake: FakeGoogle) -> None:
     fake.operation_errors = [{"code": 13, "message": "Video generation failed internally."}]
     final = run(client, {"model": FAST, "prompt": "broken", "duration": 4})

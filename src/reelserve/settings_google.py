@@ -25,6 +25,12 @@ class GeminiKey(BaseModel):
     max_concurrency: int | None = Field(
         None, ge=1, description="tasks using this key at once; default: google.max_concurrency"
     )
+    submits_per_minute: float | None = Field(
+        None, gt=0, description="this key's submit rate; default: google.submits_per_minute"
+    )
+    requests_per_minute: float | None = Field(
+        None, gt=0, description="all its requests; default: google.requests_per_minute"
+    )
     restricted_region: bool = Field(
         False,
         description="the key is used from the EU, UK, Switzerland or MENA, where the Gemini API "
@@ -47,6 +53,8 @@ class VertexCredential(BaseModel):
         None, description="a fixed OAuth access token (short-lived; for proxies and tests)"
     )
     max_concurrency: int | None = Field(None, ge=1)
+    submits_per_minute: float | None = Field(None, gt=0)
+    requests_per_minute: float | None = Field(None, gt=0)
 
     @model_validator(mode="after")
     def _one_source(self) -> VertexCredential:
@@ -126,7 +134,25 @@ class GoogleSettings(BaseModel):
     access_token: SecretStr | None = None
     vertex: list[VertexCredential] = Field(default_factory=list)
 
-    max_concurrency: int = Field(4, ge=1, description="default tasks per credential at once")
+    max_concurrency: int = Field(
+        1000,
+        ge=1,
+        description="upstream operations one credential runs at once, per worker process "
+        "(Google limits requests per minute, not operations in flight: keep it high)",
+    )
+    submits_per_minute: float | None = Field(
+        None,
+        gt=0,
+        description="submits per credential per minute (a token bucket); beyond it, submits "
+        "wait their turn. Google answers 429 past its own per-minute quota, which reelserve "
+        "absorbs as waiting too; default: no local limit",
+    )
+    requests_per_minute: float | None = Field(
+        None,
+        gt=0,
+        description="all requests (submits, polls, downloads) per credential per minute, so "
+        "that one key's polling cannot exhaust its own quota; default: no local limit",
+    )
     vertex_4k: bool = Field(
         False,
         description="Vertex AI serves 4K for Veo 3.1 (unconfirmed in Google's reference: off "

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import hashlib
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,6 +46,8 @@ class Credential:
     google_credentials: Any = None  # google.auth.credentials.Credentials (Vertex)
     restricted_region: bool = False
     four_k: bool = False
+    submit_rate: RateLimiter | None = None  # submits
+    request_rate: RateLimiter | None = None  # every request
     in_flight: int = 0
     _token_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -74,6 +77,40 @@ class Credential:
             if not creds.valid:
                 creds.refresh(HttpxAuthRequest(timeout))
             return str(creds.token)
+
+
+class RateLimiter:
+    """A token bucket: on average `per_minute` takes a minute, in bursts of up to `burst`.
+
+    Shared by every task of one worker process on one credential; a take that finds the
+    bucket empty waits its turn (calling `check()` meanwhile, which raises to stop waiting)."""
+
+    SLICE = 0.25  # seconds between checks of cancellation while waiting
+
+    def __init__(self, per_minute: float, burst: float | None = None) -> None:
+        self.per_second = per_minute / 60.0
+        self.burst = max(1.0, burst if burst is not None else min(per_minute / 6.0, 10.0))
+        self.tokens = self.burst
+        self.stamp = time.monotonic()
+
+    def _refill(self) -> None:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.per_second)
+        self.stamp = now
+
+    async def take(self, check: Callable[[], None]) -> None:
+        while True:
+            check()
+            self._refill()
+            if self.tokens >= 1.0:
+                self.tokens -= 1.0
+                return
+            wait = (1.0 - self.tokens) / self.per_second
+            await asyncio.sleep(min(wait, self.SLICE))
+
+
+def _limiter(per_minute: float | None) -> RateLimiter | None:
+    return RateLimiter(per_minute) if per_minute else None
 
 
 class HttpxAuthRequest:
@@ -170,6 +207,8 @@ def build_credentials(settings: GoogleSettings) -> list[Credential]:
                 max_concurrency=key.max_concurrency or settings.max_concurrency,
                 api_key=key.key.get_secret_value(),
                 restricted_region=key.restricted_region,
+                submit_rate=_limiter(key.submits_per_minute or settings.submits_per_minute),
+                request_rate=_limiter(key.requests_per_minute or settings.requests_per_minute),
             )
         )
     for entry in settings.vertex_credentials():
@@ -182,6 +221,8 @@ def build_credentials(settings: GoogleSettings) -> list[Credential]:
                 location=entry.location,
                 google_credentials=_vertex_google_credentials(entry),
                 four_k=settings.vertex_4k,
+                submit_rate=_limiter(entry.submits_per_minute or settings.submits_per_minute),
+                request_rate=_limiter(entry.requests_per_minute or settings.requests_per_minute),
             )
         )
     seen: set[str] = set()

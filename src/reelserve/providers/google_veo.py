@@ -369,9 +369,17 @@ class GoogleVeoProvider:
         )
 
     async def _call(
-        self, cred: Credential, method: str, url: str, body: dict[str, Any] | None = None
+        self,
+        cred: Credential,
+        method: str,
+        url: str,
+        body: dict[str, Any] | None = None,
+        *,
+        check: Callable[[], None],
     ) -> dict[str, Any]:
         """One JSON request with the credential's authentication; GoogleError unless 2xx."""
+        if cred.request_rate is not None:
+            await cred.request_rate.take(check)
         headers = await cred.headers(self.settings.request_timeout)
         response = await self.http().request(method, url, json=body, headers=headers)
         if response.status_code >= 300:
@@ -533,23 +541,29 @@ class GoogleVeoProvider:
         exhausted: set[str] = set()
         attempt = 0
         last: Fault | None = None
+        quota_waits = 0
         cred = first
         while True:
             if cred is None:
                 if exhausted and not self.pool.candidates(self._usable(spec, samples), exhausted):
-                    # Every credential answered 429: wait as told, then go round again.
-                    attempt += 1
-                    if attempt > self.settings.retry_attempts:
+                    # Every credential answered 429: Google's per-minute quota. That is a
+                    # queue, not a failure: wait as told (RetryInfo), then go round again,
+                    # until the task's deadline.
+                    quota_waits += 1
+                    await self._backoff(run, quota_waits, last.retry_after if last else None)
+                    if time.time() >= run.deadline_at:
+                        why = _clip(last.message if last else "429")
                         raise ProviderError(
-                            ErrorCode.UPSTREAM_ERROR,
-                            "Google's quota is exhausted on every configured credential "
-                            f"({_clip(last.message if last else '429')})",
+                            ErrorCode.TIMEOUT,
+                            "Google's quota stayed exhausted on every configured credential "
+                            f"until this task's deadline ({why})",
                         )
-                    await self._backoff(run, attempt, last.retry_after if last else None)
                     exhausted.clear()
                 cred = await self._acquire(run, samples, exhausted)
             model = self.upstream_model(run.entry, cred.backend)
             try:
+                if cred.submit_rate is not None:
+                    await cred.submit_rate.take(run.check)
                 body = request_body(
                     spec,
                     cred.profile,
@@ -570,7 +584,11 @@ class GoogleVeoProvider:
                 # mark, and the next attempt does not send this request again.
                 await run.save()
                 answer = await self._call(
-                    cred, "POST", self._model_url(cred, model) + ":predictLongRunning", body
+                    cred,
+                    "POST",
+                    self._model_url(cred, model) + ":predictLongRunning",
+                    body,
+                    check=ctx.check_cancelled,
                 )
             except asyncio.CancelledError:
                 self.pool.release(cred)
@@ -686,7 +704,7 @@ class GoogleVeoProvider:
             # meanwhile (a resumed attempt after a long outage) is still collected.
             answer = await self._retrying(
                 run,
-                lambda: self._call(cred, method, url, body),
+                lambda: self._call(cred, method, url, body, check=run.ctx.check_cancelled),
                 refused=f"Google refused to report on operation {name}",
                 failing="polling Google",
                 within_deadline=True,
@@ -762,6 +780,8 @@ class GoogleVeoProvider:
         uri = str(sample.get("uri") or sample.get("gcsUri") or "")
 
         async def fetch() -> None:
+            if cred.request_rate is not None:
+                await cred.request_rate.take(run.ctx.check_cancelled)
             if uri.startswith("gs://"):
                 await self._download_gcs(cred, uri, path)
             elif cred.backend == GEMINI and (file_id := _gemini_file(uri)):

@@ -26,6 +26,7 @@ import contextlib
 import gc
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,8 +43,12 @@ from reelserve.media.video import encode_mp4
 from reelserve.providers.base import Clip, InputImages, ProviderError, RunContext
 from reelserve.providers.diffusers_options import (
     RESERVED_CALL_ARGUMENTS,
+    CacheOption,
+    DistillLora,
+    FirstBlockCache,
     LocalModel,
     LocalModelError,
+    MagCache,
 )
 
 log = logging.getLogger("reelserve.providers.diffusers")
@@ -271,6 +276,8 @@ class _Runtime:
         runtime = cls(model, device, base)
         runtime._check_geometry()
         runtime._configure()
+        if options.compile and options.compile_warmup:
+            runtime._warm_up()
         log.info("model %s loaded", entry_id)
         return runtime
 
@@ -316,9 +323,91 @@ class _Runtime:
             self.base.vae.enable_tiling()
         if options.cpu_offload == "none":
             self.base.to(self.device)
+        if options.distill_lora is not None:
+            self._fuse_lora(options.distill_lora)
+        if options.cache is not None:
+            config = _cache_config(options.cache, self.model.steps())
+            for transformer in self._transformers():
+                transformer.enable_cache(config)
+            log.info("model %s: %s cache on the transformer", entry_id, options.cache.kind)
         if options.compile:
             for transformer in self._transformers():
                 transformer.compile_repeated_blocks(fullgraph=True)
+
+    def _fuse_lora(self, distill: DistillLora) -> None:
+        """Load the distilled LoRA(s) from local files, fuse them into the transformer(s) and
+        drop the LoRA layers, so that a step costs what it cost before."""
+        entry_id = self.model.entry.id
+        base = self.base
+        if not hasattr(base, "load_lora_weights"):
+            raise ProviderError(
+                ErrorCode.PROVIDER_NOT_CONFIGURED,
+                f'model "{entry_id}": {type(base).__name__} cannot load LoRA weights',
+            )
+        files = [("transformer", distill.path)]
+        if distill.path_2 is not None:
+            files.append(("transformer_2", distill.path_2))
+        started = time.perf_counter()
+        try:
+            for component, path in files:
+                if not path.is_file():
+                    raise FileNotFoundError(f"no file {path}")
+                base.load_lora_weights(
+                    str(path.parent),
+                    weight_name=path.name,
+                    adapter_name=f"distill_{component}",
+                    local_files_only=True,
+                    **({"load_into_transformer_2": True} if component == "transformer_2" else {}),
+                )
+            base.fuse_lora(lora_scale=distill.scale, components=[c for c, _ in files])
+            base.unload_lora_weights()
+        except Exception as exc:
+            log.exception("model %s: the distill LoRA could not be fused", entry_id)
+            raise ProviderError(
+                ErrorCode.PROVIDER_NOT_CONFIGURED,
+                f'model "{entry_id}": options.distill_lora could not be loaded on this worker '
+                f"({str(exc).splitlines()[0][:200]})",
+            ) from None
+        log.info(
+            "model %s: distill LoRA %s fused in %.1f s (%d steps, guidance %s)",
+            entry_id,
+            ", ".join(str(p) for _, p in files),
+            time.perf_counter() - started,
+            self.model.steps(),
+            distill.guidance_scale,
+        )
+
+    def _warm_up(self) -> None:
+        """One short render at the entry's first size, so that compilation (and the VAE
+        decode's first run) happens at load, timed, instead of in the first task."""
+        entry = self.model.entry
+        width, height = entry.render_size(entry.resolutions[0])
+        mode = entry.modes[0]
+        gray = Image.new("RGB", (width, height), (128, 128, 128))
+        plan = RenderPlan(
+            mode=mode,
+            prompt="warm-up",
+            negative_prompt=None,
+            width=width,
+            height=height,
+            frames=self.model.frames(entry.default_duration),
+            fps=entry.fps,
+            seeds=(0,),
+            audio=False,
+            flow_shift=self.model.flow_shift(str(entry.resolutions[0]), width, height),
+        )
+        started = time.perf_counter()
+        images = (gray, gray) if mode != "t2v" else (None, None)
+        self.generate(plan, [0], images[0], images[1], _NEVER_CANCELLED, lambda _: None)
+        log.info(
+            "model %s: compiled and warmed up at %dx%d, %d frames, %s mode in %.1f s",
+            entry.id,
+            width,
+            height,
+            plan.frames,
+            mode,
+            time.perf_counter() - started,
+        )
 
     def pipeline(self, mode: str) -> Any:
         """The pipeline of a mode, built from the loaded one (shared weights) on first use."""
@@ -439,6 +528,39 @@ class _Runtime:
 
 
 # -- helpers -------------------------------------------------------------------------------------
+
+
+class _NeverCancelled:
+    """The warm-up render's context: nothing can cancel it."""
+
+    def check_cancelled(self) -> None:
+        return None
+
+
+_NEVER_CANCELLED: Any = _NeverCancelled()
+
+
+def _cache_config(cache: CacheOption, steps: int) -> Any:
+    """The diffusers cache config of a model entry's `cache` option."""
+    from diffusers import FirstBlockCacheConfig, MagCacheConfig, TaylorSeerCacheConfig
+
+    if isinstance(cache, FirstBlockCache):
+        return FirstBlockCacheConfig(threshold=cache.threshold)  # type: ignore[no-untyped-call]
+    if isinstance(cache, MagCache):
+        return MagCacheConfig(  # type: ignore[no-untyped-call]
+            threshold=cache.threshold,
+            max_skip_steps=cache.max_skip_steps,
+            retention_ratio=cache.retention_ratio,
+            num_inference_steps=steps,
+            mag_ratios=list(cache.mag_ratios),
+        )
+    return TaylorSeerCacheConfig(  # type: ignore[no-untyped-call]
+        cache_interval=cache.cache_interval,
+        disable_cache_before_step=cache.disable_cache_before_step,
+        disable_cache_after_step=cache.disable_cache_after_step,
+        max_order=cache.max_order,
+        cache_identifiers=list(cache.cache_identifiers),
+    )
 
 
 def _call_parameters(cls: Any) -> set[str]:

@@ -175,6 +175,69 @@ class LocalModelError(ValueError):
     """A local model entry that cannot be served as declared (raised at startup)."""
 
 
+class DistillLora(BaseModel):
+    """A step- and CFG-distilled LoRA (e.g. lightx2v's 4-step LoRAs for Wan 2.1 / 2.2), fused
+    into the transformer at load: the model then renders in `steps` steps without guidance."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: Path = Field(description="local .safetensors file of the LoRA (transformer)")
+    path_2: Path | None = Field(
+        None, description="Wan 2.2 A14B: the low-noise expert's LoRA (transformer_2)"
+    )
+    scale: float = Field(1.0, gt=0, description="LoRA scale when fusing")
+    steps: int = Field(4, ge=1, le=100, description="denoising steps it was distilled for")
+    guidance_scale: float = Field(1.0, ge=0, description="1: no classifier-free guidance")
+
+
+class FirstBlockCache(BaseModel):
+    """Skip the other blocks while the first block's output changes less than `threshold`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["first_block"]
+    threshold: float = Field(0.05, gt=0, description="relative change; higher skips more")
+
+
+class MagCache(BaseModel):
+    """Skip steps by the model's calibrated magnitude ratios (MagCache)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["mag"]
+    threshold: float = Field(0.06, gt=0, description="accumulated error before recomputing")
+    max_skip_steps: int = Field(3, ge=1)
+    retention_ratio: float = Field(0.2, ge=0, le=1, description="share of early steps kept")
+    mag_ratios: list[float] = Field(
+        min_length=2, description="the checkpoint's calibrated ratios (diffusers calibrate=True)"
+    )
+
+
+# Every attention module of the Wan and LTX transformers' blocks (blocks.3.attn1,
+# transformer_blocks.0.attn2, audio_attn1...). diffusers' own default ("^blocks.*attn", matched
+# whole) names none of them: attn1 and attn2 end in a digit, so nothing would be cached.
+TAYLORSEER_ATTENTION = (r"(blocks|transformer_blocks)\.\d+\.[a-z_0-9]*attn[a-z_0-9]*",)
+
+
+class TaylorSeerCache(BaseModel):
+    """Compute every `cache_interval` steps and predict the ones between (TaylorSeer)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["taylorseer"]
+    cache_interval: int = Field(5, ge=1)
+    disable_cache_before_step: int = Field(3, ge=0)
+    disable_cache_after_step: int | None = Field(None, ge=0)
+    max_order: int = Field(1, ge=0, le=4)
+    cache_identifiers: list[str] = Field(
+        default_factory=lambda: list(TAYLORSEER_ATTENTION),
+        description="regular expressions (fullmatch) of the module names to predict",
+    )
+
+
+CacheOption = FirstBlockCache | MagCache | TaylorSeerCache
+
+
 class DiffusersOptions(BaseModel):
     """The `options` of a model entry with `provider = "diffusers"`."""
 
@@ -212,6 +275,13 @@ class DiffusersOptions(BaseModel):
         None, description="diffusers attention backend: flash, _flash_3, sage, _native_cudnn..."
     )
     compile: bool = Field(False, description="torch.compile the transformer's repeated blocks")
+    compile_warmup: bool = Field(
+        True, description="with compile: compile at load with one short render, timed"
+    )
+    distill_lora: DistillLora | None = Field(None, description="a step-distilled LoRA, fused")
+    cache: CacheOption | None = Field(
+        None, discriminator="kind", description="a diffusers cache hook on the transformer"
+    )
     cpu_offload: Literal["none", "model", "sequential"] = "none"
     vae_tiling: bool = False
     batch_samples: bool = Field(
@@ -249,8 +319,10 @@ class LocalModel:
         return AUTHORS.get(self.geometry.variant, Authors())
 
     def steps(self) -> int:
+        distill = self.options.distill_lora
         return (
             self.options.num_inference_steps
+            or (distill.steps if distill else None)
             or self.authors.steps
             or DEFAULT_STEPS[self.options.family]
         )
@@ -258,6 +330,9 @@ class LocalModel:
     def guidance(self) -> tuple[float | None, float | None]:
         """(guidance_scale, guidance_scale_2): the entry's, else the authors'; None: the
         pipeline's own. guidance_scale_2 is only ever set on a two-expert Wan 2.2 checkpoint."""
+        distill = self.options.distill_lora
+        if distill is not None:  # distilled without guidance: the same for both experts
+            return distill.guidance_scale, distill.guidance_scale
         first = self.options.guidance_scale
         if first is None:
             first = self.authors.guidance_scale
@@ -524,6 +599,9 @@ def model_details(model: LocalModel) -> dict[str, Any]:
     experimental = model.experimental_modes()
     if experimental:
         details["experimental_modes"] = experimental
+    distill = model.options.distill_lora
+    if distill is not None:
+        details["distilled"] = {"steps": model.steps(), "guidance_scale": distill.guidance_scale}
     return details
 
 
@@ -573,6 +651,9 @@ def _check_tuning(
             "the request or from their own options (num_inference_steps, guidance_scale, "
             "guidance_scale_2, negative_prompt, max_sequence_length)"
         )
+    distill = options.distill_lora
+    if distill is not None:
+        _check_distill(where, options, distill, geometry, two_experts)
     extra = [m for m in options.experimental_modes if m not in entry.modes]
     if extra:
         raise LocalModelError(
@@ -584,3 +665,36 @@ def _check_tuning(
 def prepare_local_models(entries: list[ModelEntry]) -> dict[str, LocalModel]:
     """Validate every diffusers entry (see `prepare_local_model`), by model id."""
     return {entry.id: prepare_local_model(entry) for entry in entries}
+
+
+def _check_distill(
+    where: str,
+    options: DiffusersOptions,
+    distill: DistillLora,
+    geometry: Geometry,
+    two_experts: tuple[str, ...],
+) -> None:
+    if options.guidance_scale is not None or options.guidance_scale_2 is not None:
+        raise LocalModelError(
+            f"{where}: options.guidance_scale and guidance_scale_2 do not apply with "
+            "distill_lora (a distilled model runs at distill_lora.guidance_scale, 1 by default); "
+            "set distill_lora.guidance_scale instead"
+        )
+    if distill.path_2 is not None and geometry.variant not in two_experts:
+        raise LocalModelError(
+            f"{where}: options.distill_lora.path_2 is the low-noise expert's LoRA of a Wan 2.2 "
+            f"A14B checkpoint; {options.checkpoint} is {geometry.description}"
+        )
+    on_host = geometry.variant != ""  # the checkpoint, and so its LoRAs, are on this host
+    for name, path in (("path", distill.path), ("path_2", distill.path_2)):
+        if path is None:
+            continue
+        if path.suffix != ".safetensors":
+            raise LocalModelError(
+                f"{where}: options.distill_lora.{name} must be a local .safetensors file "
+                f"(got {str(path)!r})"
+            )
+        if on_host and not path.is_file():
+            raise LocalModelError(
+                f"{where}: options.distill_lora.{name}: no file {path} on this host"
+            )

@@ -1,0 +1,340 @@
+"""Veo tasks in flight: what thousands of upstream operations cost one `reelserve serve`.
+
+    python -m bench.inflight [--tasks 1000] [--polls 10] [--poll-interval 1]
+                             [--database sqlite|postgresql] [--baseline-src DIR]
+
+A real `reelserve serve` process (API and in-process worker, the embedded defaults) runs N Veo
+tasks against the local fake Google (`tests/fakes/google_veo.py`, Vertex AI backend), whose
+operations are done after `--polls` polls (`poll_interval` seconds apart, so an operation lasts
+about polls x interval seconds). While they are in flight it prints, from one run:
+
+- the server's CPU (cores) and RSS while polling;
+- database commits per second (PostgreSQL; `pg_stat_database`);
+- submit p50/p99 and status-GET p50/p99 measured beside them;
+- the lag from an operation's `done` answer to its task's `completed`;
+- the wall time of the batch against one operation's time.
+
+`--baseline-src DIR` runs the same against another checkout's `src/` (e.g. a `git worktree` of
+an earlier commit, with `REELSERVE_WORKER_CONCURRENCY` and `google.max_concurrency` set to N so
+that it can hold them all), and prints the two side by side with their ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import secrets
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.fakes.google_veo import FakeGoogle, serve  # noqa: E402
+
+PROJECT = ("bench-proj", "us-central1")
+TOKEN = "ya29.bench-token"
+PSQL = ["psql", "-h", "127.0.0.1", "-U", "postgres", "-At", "-v", "ON_ERROR_STOP=1"]
+
+
+class Db:
+    """The bench's own reads of the task table: sqlite3, or psql for PostgreSQL (the bench
+    needs no synchronous PostgreSQL driver)."""
+
+    def __init__(self, kind: str, target: str) -> None:
+        self.kind = kind
+        self.target = target  # the SQLite file, or the PostgreSQL database name
+
+    def rows(self, query: str) -> list[list[str]]:
+        if self.kind == "sqlite":
+            import sqlite3
+
+            with contextlib.closing(sqlite3.connect(self.target, timeout=30)) as conn:
+                return [[str(v) for v in row] for row in conn.execute(query).fetchall()]
+        out = subprocess.run(
+            [*PSQL, "-d", self.target, "-F", "\t", "-c", query],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        return [line.split("\t") for line in out.splitlines() if line]
+
+    def scalar(self, query: str) -> float:
+        return float(self.rows(query)[0][0])
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def _database(kind: str, data_dir: Path) -> Iterator[tuple[str, Db]]:
+    """(async URL for reelserve, the bench's reader)."""
+    if kind == "sqlite":
+        path = data_dir / "reelserve.db"
+        yield f"sqlite+aiosqlite:///{path}", Db("sqlite", str(path))
+        return
+    name = f"bench_inflight_{secrets.token_hex(4)}"
+    subprocess.run([*PSQL, "-d", "postgres", "-c", f"CREATE DATABASE {name}"], check=True)
+    try:
+        yield f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}", Db("postgresql", name)
+    finally:
+        subprocess.run(
+            [*PSQL, "-d", "postgres", "-c", f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"],
+            check=False,
+            capture_output=True,
+        )
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def run_one(label: str, src: Path, args: argparse.Namespace, fake: FakeGoogle) -> dict[str, float]:
+    fake.reset()
+    fake.done_after = args.polls
+    n = args.tasks
+    with tempfile.TemporaryDirectory() as tmp, _database(args.database, Path(tmp)) as urls:
+        data_dir = Path(tmp)
+        async_url, db = urls
+        port = _free_port()
+        project, location = PROJECT
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(src),
+            "REELSERVE_DATA_DIR": str(data_dir),
+            "REELSERVE_DATABASE_URL": async_url,
+            "REELSERVE_SECRET_KEY": "bench",
+            "REELSERVE_GOOGLE__VERTEX": (
+                f'[{{"project": "{project}", "location": "{location}", "access_token": "{TOKEN}"}}]'
+            ),
+            "REELSERVE_GOOGLE__VERTEX_BASE_URL": fake.url,
+            "REELSERVE_GOOGLE__POLL_INTERVAL": str(args.poll_interval),
+            "REELSERVE_GOOGLE__POLL_MAX_INTERVAL": str(args.poll_interval),
+            "REELSERVE_GOOGLE__POLL_BACKOFF": "1",
+            "REELSERVE_GOOGLE__DEADLINE": "3600",
+        }
+        if label == "baseline":
+            # The earlier code has one bound for every task: let it hold them all.
+            env["REELSERVE_WORKER_CONCURRENCY"] = str(n)
+            env["REELSERVE_GOOGLE__MAX_CONCURRENCY"] = str(n)
+        py = [sys.executable, "-m", "reelserve"]
+        subprocess.run([*py, "migrate"], env=env, check=True, capture_output=True, timeout=120)
+        minted = subprocess.run(
+            [*py, "keys", "create", "--live"],
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        key = minted.stdout.split()[-1]
+        server = subprocess.Popen(
+            [*py, "serve", "--port", str(port), "--no-quickstart-key", "--log-level", "warning"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        base = f"http://127.0.0.1:{port}"
+        headers = {"Authorization": f"Bearer {key}"}
+
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                with contextlib.suppress(httpx.HTTPError):
+                    if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                        break
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise RuntimeError(f"{label}: the server did not start")
+                time.sleep(0.2)
+            body = {"model": "veo3.1-fast-official", "duration": 4}
+            client = httpx.Client(base_url=base, headers=headers, timeout=60)
+
+            def submit(i: int) -> tuple[str, float]:
+                started = time.perf_counter()
+                r = client.post("/v1/videos/generations", json={**body, "prompt": f"bench {i}"})
+                assert r.status_code == 200, r.text
+                return r.json()["data"][0]["task_id"], time.perf_counter() - started
+
+            t0 = time.monotonic()
+            with ThreadPoolExecutor(16) as pool:
+                submitted = list(pool.map(submit, range(n)))
+            submit_wall = time.monotonic() - t0
+            ids = {f"bench {i}": tid for i, (tid, _) in enumerate(submitted)}
+
+            # Beside the tasks in flight: CPU and RSS, probes of submit and status GET.
+            probe_submits: list[float] = []
+            probe_gets: list[float] = []
+            stop = threading.Event()
+
+            def probe() -> None:
+                i = n
+                while not stop.is_set():
+                    started = time.perf_counter()
+                    client.get(f"/v1/tasks/{submitted[i % n][0]}")
+                    probe_gets.append(time.perf_counter() - started)
+                    if len(probe_gets) % 10 == 0:
+                        started = time.perf_counter()
+                        client.post("/v1/videos/generations", json={**body, "prompt": f"probe {i}"})
+                        probe_submits.append(time.perf_counter() - started)
+                    i += 1
+                    time.sleep(0.05)
+
+            prober = threading.Thread(target=probe, daemon=True)
+            cpu_start, at_start = _cpu_seconds(server.pid), time.monotonic()
+            commits_start = _commits(db, args.database)
+            prober.start()
+            # Only polling: from a second after the last submit until shortly before the first
+            # operation is done (no downloads, probes or thumbnails yet).
+            op_seconds = args.polls * args.poll_interval
+            window_end = t0 + 0.85 * op_seconds
+            polling_cores = polling_commits = float("nan")
+            if window_end - time.monotonic() > 3:
+                time.sleep(1)
+                c0, w0, k0 = (
+                    _cpu_seconds(server.pid),
+                    time.monotonic(),
+                    _commits(db, args.database),
+                )
+                time.sleep(max(0.0, window_end - time.monotonic()))
+                span = time.monotonic() - w0
+                polling_cores = (_cpu_seconds(server.pid) - c0) / span
+                polling_commits = (_commits(db, args.database) - k0) / span
+            rss = 0.0
+            done_wait = time.monotonic() + args.timeout
+            while _unfinished(db, n) > 0:
+                rss = max(rss, _rss_mb(server.pid))
+                if time.monotonic() > done_wait:
+                    raise RuntimeError(f"{label}: tasks still unfinished after {args.timeout}s")
+                time.sleep(0.5)
+            stop.set()
+            prober.join()
+            elapsed = time.monotonic() - at_start
+            cores = (_cpu_seconds(server.pid) - cpu_start) / elapsed
+            commits = (_commits(db, args.database) - commits_start) / elapsed
+            lags = _lags(db, fake, ids, args.polls)
+            failed = _count(db, "failed")
+        finally:
+            server.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                server.wait(timeout=30)
+    return {
+        "tasks": n,
+        "failed": failed,
+        "submit_all_s": submit_wall,
+        "submit_p50_ms": 1000 * _pct([s for _, s in submitted], 0.5),
+        "batch_s": elapsed + submit_wall,
+        "batch_over_one_op": (elapsed + submit_wall) / op_seconds,
+        "cores_polling": polling_cores,
+        "commits_per_s_polling": polling_commits,
+        "cores_whole_run": cores,
+        "commits_per_s_whole_run": commits,
+        "rss_mb": rss,
+        "probe_submit_p50_ms": 1000 * _pct(probe_submits, 0.5),
+        "probe_submit_p99_ms": 1000 * _pct(probe_submits, 0.99),
+        "probe_get_p50_ms": 1000 * _pct(probe_gets, 0.5),
+        "probe_get_p99_ms": 1000 * _pct(probe_gets, 0.99),
+        "done_to_completed_p50_s": _pct(lags, 0.5),
+        "done_to_completed_p99_s": _pct(lags, 0.99),
+    }
+
+
+def _unfinished(db: Db, n: int) -> int:
+    done = db.scalar(
+        "SELECT count(*) FROM tasks WHERE status IN ('completed', 'failed', 'cancelled')"
+    )
+    return max(0, n - int(done))
+
+
+def _count(db: Db, status: str) -> float:
+    return db.scalar(f"SELECT count(*) FROM tasks WHERE status = '{status}'")
+
+
+def _commits(db: Db, kind: str) -> float:
+    if kind != "postgresql":
+        return float("nan")
+    return db.scalar("SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()")
+
+
+def _lags(db: Db, fake: FakeGoogle, ids: dict[str, str], polls: int) -> list[float]:
+    """Per task: its `finished_at` minus the time the fake answered its operation's done poll."""
+    done_at: dict[str, float] = {}
+    with fake.lock:
+        operations = list(fake.operations.values())
+        requests = list(fake.requests)
+    by_name: dict[str, list[float]] = {}
+    for r in requests:
+        name = r.body.get("operationName") if isinstance(r.body, dict) else None
+        if isinstance(name, str):
+            by_name.setdefault(name, []).append(r.at)
+    for op in operations:
+        times = sorted(by_name.get(op.name, []))
+        prompt = str(op.instance.get("prompt"))
+        if prompt in ids and len(times) > polls:
+            done_at[ids[prompt]] = times[polls]
+    rows = db.rows("SELECT id, finished_at FROM tasks WHERE finished_at IS NOT NULL")
+    return [float(f) - done_at[i] for i, f in rows if i in done_at]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--tasks", type=int, default=1000)
+    parser.add_argument("--polls", type=int, default=10, help="polls until an operation is done")
+    parser.add_argument("--poll-interval", type=float, default=1.0)
+    parser.add_argument("--database", choices=["sqlite", "postgresql"], default="sqlite")
+    parser.add_argument("--baseline-src", type=Path, help="another checkout's src/ to compare")
+    parser.add_argument("--timeout", type=float, default=1800)
+    args = parser.parse_args()
+    runs: list[tuple[str, Path]] = [("reelserve", ROOT / "src")]
+    if args.baseline_src is not None:
+        runs.insert(0, ("baseline", args.baseline_src.resolve()))
+    fake = FakeGoogle(vertex_projects=(PROJECT,), static_tokens=(TOKEN,))
+    results: dict[str, dict[str, float]] = {}
+    with serve(fake):
+        for label, src in runs:
+            print(f"running {label} ({src}): {args.tasks} tasks on {args.database}", flush=True)
+            results[label] = run_one(label, src, args, fake)
+    names = list(results)
+    print(
+        f"\n{'figure':28}"
+        + "".join(f"{n:>14}" for n in names)
+        + ("  ratio" if len(names) > 1 else "")
+    )
+    for figure in results[names[-1]]:
+        row = [results[n][figure] for n in names]
+        line = f"{figure:28}" + "".join(f"{v:14.3f}" for v in row)
+        if len(row) == 2 and row[0]:
+            line += f"  {row[1] / row[0]:.3f}"
+        print(line)
+
+
+if __name__ == "__main__":
+    main()

@@ -37,29 +37,56 @@ from reelserve.settings import Settings
 from reelserve.watch import TaskWatcher
 from reelserve.worker.runner import Worker
 
+
+def _optional(schema: dict[str, Any]) -> dict[str, Any]:
+    """An optional member: JSON null means "not given" (CONTRACT.md), so null is valid too."""
+    default = schema.pop("default", None)
+    out: dict[str, Any] = {"anyOf": [schema, {"type": "null"}]}
+    if default is not None:
+        out["default"] = default
+    return out
+
+
+MAX_PROMPT = 8000
 GENERATION_REQUEST_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["model", "prompt"],
+    "description": "Unknown members are ignored. Which durations, resolutions, aspect ratios and "
+    "audio a model can do is in GET /v1/models; a request it cannot serve is a 400.",
     "properties": {
         "model": {"type": "string", "description": "a model id from GET /v1/models"},
-        "prompt": {"type": "string", "maxLength": 8000},
-        "negative_prompt": {"type": "string", "maxLength": 8000},
-        "duration": {"type": "integer", "default": 8, "description": "seconds (Veo: 4, 6, 8)"},
-        "aspect_ratio": {"type": "string", "enum": ["16:9", "9:16"], "default": "16:9"},
-        "resolution": {"type": "string", "enum": ["720p", "1080p", "4K"], "default": "720p"},
-        "first_frame_image": {"type": "string", "description": "http(s) or data:image URL"},
-        "last_frame_image": {"type": "string", "description": "only with first_frame_image"},
-        "seed": {"type": "integer", "minimum": 0, "maximum": 4294967295},
-        "sample_count": {"type": "integer", "minimum": 1, "maximum": 4, "default": 1},
-        "generate_audio": {"type": "boolean", "default": False},
-        "person_generation": {
-            "type": "string",
-            "enum": ["allow_adult", "disallow"],
-            "default": "allow_adult",
-        },
-        "resize_mode": {"type": "string", "enum": ["pad", "crop"], "default": "pad"},
-        "enhance_prompt": {"type": "boolean", "enum": [True], "default": True},
-        "webhook_url": {"type": "string", "description": "https URL notified when finished"},
+        # Not blank after trimming: at least one character that is not whitespace.
+        "prompt": {"type": "string", "minLength": 1, "maxLength": MAX_PROMPT, "pattern": r"\S"},
+        "negative_prompt": _optional({"type": "string", "maxLength": MAX_PROMPT}),
+        "duration": _optional(
+            {"type": "integer", "default": 8, "description": "seconds (Veo: 4, 6, 8)"}
+        ),
+        "aspect_ratio": _optional({"type": "string", "enum": ["16:9", "9:16"], "default": "16:9"}),
+        "resolution": _optional(
+            {
+                "type": "string",
+                "description": "720p, 1080p or 4K, in any case, surrounding spaces ignored",
+                "pattern": r"^\s*(720[pP]|1080[pP]|4[kK])\s*$",
+                "default": "720p",
+            }
+        ),
+        "first_frame_image": _optional(
+            {"type": "string", "description": "http(s) or data:image/...;base64, URL"}
+        ),
+        "last_frame_image": _optional(
+            {"type": "string", "description": "as first_frame_image; only with it"}
+        ),
+        "seed": _optional({"type": "integer", "minimum": 0, "maximum": 4294967295}),
+        "sample_count": _optional({"type": "integer", "minimum": 1, "maximum": 4, "default": 1}),
+        "generate_audio": _optional({"type": "boolean", "default": False}),
+        "person_generation": _optional(
+            {"type": "string", "enum": ["allow_adult", "disallow"], "default": "allow_adult"}
+        ),
+        "resize_mode": _optional({"type": "string", "enum": ["pad", "crop"], "default": "pad"}),
+        "enhance_prompt": _optional({"type": "boolean", "enum": [True], "default": True}),
+        "webhook_url": _optional(
+            {"type": "string", "description": "https URL notified when the task is finished"}
+        ),
     },
 }
 
@@ -122,12 +149,19 @@ def create_app(
     def _openapi() -> dict[str, Any]:
         if app.openapi_schema:
             return app.openapi_schema
-        schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
-        schema.setdefault("components", {}).setdefault("schemas", {})["GenerationRequest"] = (
-            GENERATION_REQUEST_SCHEMA
+        schema = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
         )
-        schema["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
-        schema["security"] = [{"bearer": []}]
+        components = schema.setdefault("components", {})
+        components.setdefault("schemas", {})["GenerationRequest"] = GENERATION_REQUEST_SCHEMA
+        # Invalid input is a 400 with the error envelope (errors.py), never FastAPI's 422.
+        for operations in schema["paths"].values():
+            for operation in operations.values():
+                operation["responses"].pop("422", None)
+        for name in ("HTTPValidationError", "ValidationError"):
+            components["schemas"].pop(name, None)
+        components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+        schema["security"] = [{"bearer": []}]  # routes without a key say `security: []`
         app.openapi_schema = schema
         return schema
 

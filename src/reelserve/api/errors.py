@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import re
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from reelserve.domain.errors import ReelserveError
@@ -31,6 +35,55 @@ TYPE_BY_STATUS = {
     503: "upstream_error",
     504: "upstream_error",
 }
+
+
+ErrorType = Literal[
+    "invalid_request_error",
+    "authentication_error",
+    "payment_required",
+    "permission_error",
+    "rate_limit_error",
+    "upstream_error",
+    "server_error",
+]
+
+
+class ErrorDetail(BaseModel):
+    message: str = Field(description="names the field, what was expected and what came")
+    type: ErrorType
+    param: str | None = Field(description="the offending field, where there is one")
+
+
+class ErrorEnvelope(BaseModel):
+    """The body of every non-2xx answer (`envelope` writes it; the OpenAPI document shows it)."""
+
+    code: int = Field(description="the HTTP status")
+    error: ErrorDetail
+
+
+# What each status means on this API, for the OpenAPI document.
+ERROR_DESCRIPTIONS = {
+    400: "Invalid request: a field, parameter or body that breaks the contract (never 422)",
+    401: "Missing, malformed, unknown or revoked API key",
+    403: "The file link is not valid",
+    404: "No such task, video or file for this key",
+    405: "Method not allowed on this path",
+    409: "The task is in a state that does not allow this (not finished, already finished, "
+    "or the Idempotency-Key was used with another request)",
+    410: "The files are no longer available (expired or deleted)",
+    413: "The request body is larger than the server's limit",
+    416: "The Range is outside the file",
+    503: "Not ready: the database or the storage cannot be reached",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The `responses` of a route that can answer `statuses` (and 400: every route checks its
+    path and query text), each with the envelope's schema."""
+    return {
+        status: {"model": ErrorEnvelope, "description": ERROR_DESCRIPTIONS[status]}
+        for status in sorted({400, *statuses})
+    }
 
 
 def error_type(status: int) -> str:
@@ -80,7 +133,12 @@ def install(app: FastAPI) -> None:
             message = f"method {request.method} is not allowed on {request.url.path}"
         else:
             message = str(exc.detail)
-        return envelope(exc.status_code, message, headers=dict(exc.headers or {}) or None)
+        headers = dict(exc.headers or {})
+        route = request.scope.get("route")
+        if exc.status_code == 405 and request.method not in getattr(route, "methods", ()):
+            # The router's own 405 (not one an endpoint raised): name every method of the path.
+            headers["Allow"] = ", ".join(_allowed_methods(request))
+        return envelope(exc.status_code, message, headers=headers or None)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> Response:
@@ -97,6 +155,27 @@ def install(app: FastAPI) -> None:
     async def _unexpected(_: Request, exc: Exception) -> Response:
         log.exception("unhandled error", exc_info=exc)
         return envelope(500, "internal server error; the server log has the details")
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """The methods the OpenAPI document lists for this path (Starlette's own 405 names only the
+    first route whose path matched, so `OPTIONS /v1/videos` said `Allow: POST`, not `GET,
+    POST`)."""
+    path = request.scope["path"]
+    paths: dict[str, dict[str, Any]] = request.app.openapi()["paths"]
+    if path in paths:  # a literal route wins over templates, as in routing
+        return sorted(method.upper() for method in paths[path])
+    methods: set[str] = set()
+    for template, operations in paths.items():
+        if _template(template).fullmatch(path):
+            methods.update(method.upper() for method in operations)
+    return sorted(methods)
+
+
+@functools.lru_cache(maxsize=256)
+def _template(path: str) -> re.Pattern[str]:
+    """`/v1/tasks/{task_id}` as a regular expression (a parameter is one path segment)."""
+    return re.compile(re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(path)))
 
 
 def ok(data: object, **extra: object) -> Response:

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Request, Response
 from starlette.types import Receive, Scope, Send
 
 from reelserve.api.auth import Key, Service
-from reelserve.api.errors import json_bytes
+from reelserve.api.errors import error_responses, json_bytes
 from reelserve.watch import TaskEvent, TaskEvents, TaskWatcher
 
 router = APIRouter(tags=["tasks"])
@@ -104,7 +104,8 @@ async def _disconnected(receive: Receive) -> None:
             "the task view of GET /v1/tasks/{task_id}; keep-alive comments; ends after the "
             "final state",
             "content": {"text/event-stream": {}},
-        }
+        },
+        **error_responses(401, 404),
     },
 )
 async def task_events(task_id: str, request: Request, key: Key, service: Service) -> Response:

@@ -12,18 +12,25 @@ import asyncio
 import os
 import time
 from stat import S_ISREG
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
 from starlette.responses import StreamingResponse
 
 from reelserve.api.auth import Service
-from reelserve.api.errors import envelope
+from reelserve.api.errors import envelope, error_responses
 from reelserve.domain.errors import Gone
 from reelserve.storage.base import StorageKeyError
 
 router = APIRouter(tags=["files"])
 GONE = "this file is no longer available"
+_BYTES: dict[str, Any] = {"video/mp4": {}, "image/jpeg": {}}
+FILE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "The whole file (MP4 video or JPEG thumbnail)", "content": _BYTES},
+    206: {"description": "The requested byte range (`Range: bytes=...`)", "content": _BYTES},
+    307: {"description": "A presigned URL of the S3 object (operators' `s3_presign`)"},
+}
 
 
 def parse_range(header: str, size: int) -> tuple[list[tuple[int, int]] | None, Response | None]:
@@ -61,7 +68,13 @@ def parse_range(header: str, size: int) -> tuple[list[tuple[int, int]] | None, R
 
 
 @router.head("/v1/files/{token}", include_in_schema=False)
-@router.get("/v1/files/{token}", summary="Download a result file", response_class=FileResponse)
+@router.get(
+    "/v1/files/{token}",
+    summary="Download a result file",
+    response_class=FileResponse,
+    responses={**FILE_RESPONSES, **error_responses(403, 410, 416)},
+    openapi_extra={"security": []},  # the signed token is the credential
+)
 async def get_file(token: str, request: Request, service: Service) -> Response:
     opened = service.open_file(token)  # the grant's key is well-formed (storage.check_key)
     storage = service.storage

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Header, Request, Response
 
 from reelserve.api.auth import Key, Service
-from reelserve.api.errors import ok
+from reelserve.api.errors import error_responses, ok
 from reelserve.api.inputs import parse_json_body
 
 router = APIRouter(tags=["generations"])
@@ -14,6 +14,7 @@ router = APIRouter(tags=["generations"])
 @router.post(
     "/v1/videos/generations",
     summary="Submit a video generation task",
+    responses=error_responses(401, 409, 413),
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -35,7 +36,9 @@ async def submit_generation(
     request: Request,
     key: Key,
     service: Service,
-    idempotency_key: str | None = Header(None, alias="Idempotency-Key"),
+    idempotency_key: str | None = Header(
+        None, alias="Idempotency-Key", min_length=1, max_length=255
+    ),
 ) -> Response:
     body = parse_json_body(await request.body())
     task = await service.submit(

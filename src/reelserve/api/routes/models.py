@@ -7,11 +7,12 @@ from typing import Any
 from fastapi import APIRouter
 
 from reelserve.api.auth import Key, Service
+from reelserve.api.errors import error_responses
 
 router = APIRouter(tags=["models"])
 
 
-@router.get("/v1/models", summary="List the configured models")
+@router.get("/v1/models", summary="List the configured models", responses=error_responses(401))
 async def list_models(key: Key, service: Service) -> dict[str, Any]:
     data = []
     for entry in service.models.values():

@@ -11,16 +11,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.responses import FileResponse
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from reelserve.api.auth import Key, Service
-from reelserve.api.errors import json_bytes
+from reelserve.api.errors import error_responses, json_bytes
 from reelserve.api.inputs import parse_json_body
-from reelserve.api.routes.files import get_file
+from reelserve.api.routes.files import FILE_RESPONSES, get_file
 from reelserve.domain import openai_compat as compat
 from reelserve.domain.errors import InvalidRequest, ReelserveError, describe
 from reelserve.domain.spec import MAX_IMAGE_BYTES
@@ -29,6 +30,51 @@ from reelserve.store.queue import TaskRecord
 
 router = APIRouter(tags=["openai-compatible"])
 REFERENCE = "input_reference"
+
+_CREATE_FIELDS: dict[str, Any] = {
+    "model": {"type": "string", "description": "an OpenAI model name or a reelserve model id"},
+    "prompt": {"type": "string", "minLength": 1, "maxLength": 8000, "pattern": r"\S"},
+    "seconds": {"type": "string", "description": 'a duration the model can do, e.g. "4"'},
+    "size": {"type": "string", "description": 'width x height, e.g. "1280x720"'},
+}
+
+
+def _or_null(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+CREATE_BODY: dict[str, Any] = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["prompt"],
+                "properties": {
+                    **_CREATE_FIELDS,
+                    REFERENCE: {"type": "string", "format": "binary"},
+                },
+            }
+        },
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "required": ["prompt"],
+                "properties": {
+                    # In JSON, null means "not given" (as on the native route).
+                    **{
+                        name: field if name == "prompt" else _or_null(field)
+                        for name, field in _CREATE_FIELDS.items()
+                    },
+                    REFERENCE: {
+                        "description": 'an image URL, or {"image_url": URL}',
+                        "anyOf": [{"type": "string"}, {"type": "object"}, {"type": "null"}],
+                    },
+                },
+            }
+        },
+    },
+}
 
 
 def _json(body: dict[str, Any]) -> Response:
@@ -122,12 +168,19 @@ def _submit_body(
     )
 
 
-@router.post("/v1/videos", summary="Create a video (OpenAI-compatible)")
+@router.post(
+    "/v1/videos",
+    summary="Create a video (OpenAI-compatible)",
+    responses=error_responses(401, 409, 413),
+    openapi_extra={"requestBody": CREATE_BODY},
+)
 async def create_video(
     request: Request,
     key: Key,
     service: Service,
-    idempotency_key: str | None = Header(None, alias="Idempotency-Key"),
+    idempotency_key: str | None = Header(
+        None, alias="Idempotency-Key", min_length=1, max_length=255
+    ),
 ) -> Response:
     fields, reference = await _read_create(request)
     body = _submit_body(service, fields, reference)
@@ -138,13 +191,17 @@ async def create_video(
     return _json(_video(task))
 
 
-@router.get("/v1/videos", summary="List videos, newest first (OpenAI-compatible)")
+@router.get(
+    "/v1/videos",
+    summary="List videos, newest first (OpenAI-compatible)",
+    responses=error_responses(401),
+)
 async def list_videos(
     key: Key,
     service: Service,
-    limit: int = Query(20),
+    limit: int = Query(20, ge=1, le=compat.MAX_LIST_LIMIT),
     after: str | None = Query(None, description="the last id of the previous page"),
-    order: str | None = Query(None, description="only desc (newest first)"),
+    order: Literal["desc"] | None = Query(None, description="newest first (the only order)"),
 ) -> Response:
     compat.check_list_query(limit, order)
     rows, has_more = await service.list_tasks(
@@ -153,7 +210,11 @@ async def list_videos(
     return _json(compat.list_object([_video(t) for t in rows], has_more))
 
 
-@router.get("/v1/videos/{video_id}", summary="Retrieve a video (OpenAI-compatible)")
+@router.get(
+    "/v1/videos/{video_id}",
+    summary="Retrieve a video (OpenAI-compatible)",
+    responses=error_responses(401, 404, 405),
+)
 async def retrieve_video(video_id: str, key: Key, service: Service) -> Response:
     _not_the_submit_route(video_id)
     with _openai_names():
@@ -161,7 +222,11 @@ async def retrieve_video(video_id: str, key: Key, service: Service) -> Response:
     return _json(_video(task))
 
 
-@router.delete("/v1/videos/{video_id}", summary="Delete a video and its files (OpenAI-compatible)")
+@router.delete(
+    "/v1/videos/{video_id}",
+    summary="Delete a video and its files (OpenAI-compatible)",
+    responses=error_responses(401, 404, 405, 409),
+)
 async def delete_video(video_id: str, key: Key, service: Service) -> Response:
     _not_the_submit_route(video_id)
     with _openai_names():
@@ -170,13 +235,20 @@ async def delete_video(video_id: str, key: Key, service: Service) -> Response:
 
 
 @router.head("/v1/videos/{video_id}/content", include_in_schema=False)
-@router.get("/v1/videos/{video_id}/content", summary="Download a video's MP4 or thumbnail")
+@router.get(
+    "/v1/videos/{video_id}/content",
+    summary="Download a video's MP4 or thumbnail",
+    response_class=FileResponse,
+    responses={**FILE_RESPONSES, **error_responses(401, 404, 405, 409, 410, 416)},
+)
 async def video_content(
     video_id: str,
     request: Request,
     key: Key,
     service: Service,
-    variant: str | None = Query(None, description="video (MP4, default) or thumbnail (JPEG)"),
+    variant: Literal["video", "thumbnail"] | None = Query(
+        None, description="video (MP4, the default) or thumbnail (JPEG)"
+    ),
 ) -> Response:
     chosen = compat.check_variant(variant)
     with _openai_names():

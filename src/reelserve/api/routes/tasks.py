@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from fastapi import APIRouter, Query, Request, Response
 
 from reelserve.api.auth import Key, Service
-from reelserve.api.errors import ok
+from reelserve.api.errors import error_responses, ok
 from reelserve.domain.errors import InvalidRequest
-from reelserve.service import LANGUAGES
+from reelserve.service import LANGUAGES, MAX_LIST_LIMIT
 
 router = APIRouter(tags=["tasks"])
+# The query parameters' exact values, in the OpenAPI document as enums (LANGUAGES, TaskStatus).
+Language = Literal["en", "zh", "ko", "ja"]
+Status = Literal["pending", "processing", "completed", "failed", "cancelled"]
 
 
 def _base_url(request: Request) -> str:
@@ -23,13 +28,17 @@ def _check_language(language: str | None) -> None:
         )
 
 
-@router.get("/v1/tasks/{task_id}", summary="Get a task's status and result")
+@router.get(
+    "/v1/tasks/{task_id}",
+    summary="Get a task's status and result",
+    responses=error_responses(401, 404),
+)
 async def get_task(
     task_id: str,
     request: Request,
     key: Key,
     service: Service,
-    language: str | None = Query(None, description="en | zh | ko | ja"),
+    language: Language | None = Query(None, description="language of error messages"),
 ) -> Response:
     """Served by `api.fastpath` in front of the framework; this route documents it and answers
     whatever the fast path passes on."""
@@ -37,14 +46,18 @@ async def get_task(
     return ok(await service.task_status(key, task_id, _base_url(request)))
 
 
-@router.get("/v1/tasks", summary="List the caller's tasks, newest first")
+@router.get(
+    "/v1/tasks",
+    summary="List the caller's tasks, newest first",
+    responses=error_responses(401),
+)
 async def list_tasks(
     request: Request,
     key: Key,
     service: Service,
-    status: str | None = Query(None),
+    status: Status | None = Query(None),
     model: str | None = Query(None),
-    limit: int = Query(20),
+    limit: int = Query(20, ge=1, le=MAX_LIST_LIMIT),
     after: str | None = Query(None, description="the last task id of the previous page"),
 ) -> Response:
     rows, has_more = await service.list_tasks(
@@ -55,7 +68,9 @@ async def list_tasks(
     return ok(data, has_more=has_more, next_after=rows[-1].id if has_more and rows else None)
 
 
-@router.post("/v1/tasks/{task_id}/cancel", summary="Cancel a task")
+@router.post(
+    "/v1/tasks/{task_id}/cancel", summary="Cancel a task", responses=error_responses(401, 404, 409)
+)
 async def cancel_task(task_id: str, request: Request, key: Key, service: Service) -> Response:
     task = await service.cancel(key, task_id)
     return ok(await service.task_view(task, _base_url(request)))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 
 from reelserve.api.auth import Key, Service
-from reelserve.api.errors import ok
+from reelserve.api.errors import error_responses, ok
 
 router = APIRouter(tags=["webhooks"])
 
@@ -13,6 +13,7 @@ router = APIRouter(tags=["webhooks"])
 @router.get(
     "/v1/tasks/{task_id}/webhooks",
     summary="List a task's webhook deliveries and their attempts",
+    responses=error_responses(401, 404),
 )
 async def task_webhooks(task_id: str, key: Key, service: Service) -> Response:
     return ok(await service.task_webhooks(key, task_id))

@@ -83,6 +83,7 @@ R = TypeVar("R")
 SAFETY_WORDS = ("usage guidelines", "responsible ai", "safety filter", "rai ")
 MAX_REASON_CHARS = 600
 MAX_ERROR_BODY = 64 * 1024
+HTTP_CONCURRENCY = 32  # requests to Google at once per worker process (polls are short)
 
 
 class GoogleError(Exception):
@@ -322,6 +323,7 @@ class GoogleVeoProvider:
         self.pool = CredentialPool(credentials)
         self._http: httpx.AsyncClient | None = None
         self._http_loop: asyncio.AbstractEventLoop | None = None
+        self._http_slots: asyncio.Semaphore | None = None
 
     # -- capabilities ------------------------------------------------------------------------
 
@@ -347,11 +349,14 @@ class GoogleVeoProvider:
         if self._http is None or self._http_loop is not loop:
             self._http = httpx.AsyncClient(
                 timeout=httpx.Timeout(self.settings.request_timeout),
-                limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+                limits=httpx.Limits(
+                    max_connections=HTTP_CONCURRENCY, max_keepalive_connections=HTTP_CONCURRENCY
+                ),
                 follow_redirects=False,
                 trust_env=False,
             )
             self._http_loop = loop
+            self._http_slots = asyncio.Semaphore(HTTP_CONCURRENCY)
         return self._http
 
     def _vertex_base(self, cred: Credential) -> str:
@@ -381,7 +386,12 @@ class GoogleVeoProvider:
         if cred.request_rate is not None:
             await cred.request_rate.take(check)
         headers = await cred.headers(self.settings.request_timeout)
-        response = await self.http().request(method, url, json=body, headers=headers)
+        http = self.http()
+        assert self._http_slots is not None
+        # Requests wait their turn here, not in httpcore's pool, whose bookkeeping walks every
+        # queued request and connection on each one (quadratic with thousands of polls).
+        async with self._http_slots:
+            response = await http.request(method, url, json=body, headers=headers)
         if response.status_code >= 300:
             raise GoogleError.of(response, response.content[:MAX_ERROR_BODY])
         try:

@@ -77,6 +77,10 @@ ERROR_DESCRIPTIONS = {
 }
 
 
+# `Idempotency-Key` as the service checks it (1 to 255 characters, a 400 naming the header).
+IDEMPOTENCY_KEY_SCHEMA: dict[str, Any] = {"minLength": 1, "maxLength": 255}
+
+
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """The `responses` of a route that can answer `statuses` (and 400: every route checks its
     path and query text), each with the envelope's schema."""
@@ -143,7 +147,8 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> Response:
         first = exc.errors()[0] if exc.errors() else {}
-        loc = [str(p) for p in first.get("loc", ()) if p not in ("query", "path", "body")]
+        where = ("query", "path", "body", "header", "cookie")
+        loc = [str(p) for p in first.get("loc", ()) if p not in where]
         param = ".".join(loc) or None
         given = first.get("input")
         message = f"{param or 'request'}: {first.get('msg', 'invalid value')}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Header, Request, Response
 
 from reelserve.api.auth import Key, Service
-from reelserve.api.errors import error_responses, ok
+from reelserve.api.errors import IDEMPOTENCY_KEY_SCHEMA, error_responses, ok
 from reelserve.api.inputs import parse_json_body
 
 router = APIRouter(tags=["generations"])
@@ -37,7 +37,7 @@ async def submit_generation(
     key: Key,
     service: Service,
     idempotency_key: str | None = Header(
-        None, alias="Idempotency-Key", min_length=1, max_length=255
+        None, alias="Idempotency-Key", json_schema_extra=IDEMPOTENCY_KEY_SCHEMA
     ),
 ) -> Response:
     body = parse_json_body(await request.body())

@@ -19,7 +19,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from reelserve.api.auth import Key, Service
-from reelserve.api.errors import error_responses, json_bytes
+from reelserve.api.errors import IDEMPOTENCY_KEY_SCHEMA, error_responses, json_bytes
 from reelserve.api.inputs import parse_json_body
 from reelserve.api.routes.files import FILE_RESPONSES, get_file
 from reelserve.domain import openai_compat as compat
@@ -179,7 +179,7 @@ async def create_video(
     key: Key,
     service: Service,
     idempotency_key: str | None = Header(
-        None, alias="Idempotency-Key", min_length=1, max_length=255
+        None, alias="Idempotency-Key", json_schema_extra=IDEMPOTENCY_KEY_SCHEMA
     ),
 ) -> Response:
     fields, reference = await _read_create(request)

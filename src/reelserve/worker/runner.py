@@ -240,6 +240,9 @@ class Worker:
                         for task_id in failed:
                             log.warning("task %s failed: attempts exhausted", task_id)
                 claimed = False
+                # Cleared before claiming, so a submit, NOTIFY or finished task that comes
+                # while this claim runs still wakes the wait below at once.
+                self._wake.clear()
                 try:
                     compute = len(self._running) - len(self._remote_running)
                     if self.compute_providers and compute < self.concurrency:
@@ -254,7 +257,6 @@ class Worker:
                     log.exception("claim failed; retrying")
                 if claimed:
                     continue
-                self._wake.clear()
                 # Woken by a submit in this process, a NOTIFY, a finished task (a free slot) or
                 # the poll interval: never by waiting on thousands of running tasks.
                 waiters: set[asyncio.Future[Any]] = {

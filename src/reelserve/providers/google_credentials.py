@@ -251,9 +251,6 @@ class CredentialPool:
             self._freed = asyncio.Event()
         return self._freed
 
-    def backends(self) -> set[str]:
-        return {c.backend for c in self.credentials}
-
     def profiles(self) -> list[Backend]:
         """The distinct backends (with their account's restrictions) configured here."""
         return list(dict.fromkeys(c.profile for c in self.credentials))

@@ -57,10 +57,6 @@ class Backend:
     # Vertex AI only: 4K is served (`google.vertex_4k`, off until confirmed).
     four_k: bool = False
 
-    @property
-    def name(self) -> str:
-        return BACKEND_NAMES[self.kind]
-
 
 # -- the tables ------------------------------------------------------------------------------
 

@@ -50,7 +50,7 @@ async def _worker_main(url: str, data_dir: str) -> None:
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     try:
-        await Worker(service, providers={"bench"}, concurrency=4).run(stop)
+        await Worker(service.worker_parts(), providers={"bench"}, concurrency=4).run(stop)
     finally:
         await service.close()
 

@@ -44,7 +44,7 @@ async def main() -> None:
 
     service = await Reelserve.open(Settings())
     service.providers["sandbox"] = StubbornProvider()
-    worker = Worker(service, concurrency=1, exit_when_stuck=True)
+    worker = Worker(service.worker_parts(), concurrency=1, exit_when_stuck=True)
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     await worker.run(stop)

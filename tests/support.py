@@ -23,7 +23,7 @@ import httpx
 import uvicorn
 
 from reelserve.api.app import create_app
-from reelserve.cli import mint_key
+from reelserve.cli.main import mint_key
 from reelserve.settings import Settings
 
 
@@ -138,6 +138,25 @@ def wait_task(
         if time.monotonic() > deadline:
             raise AssertionError(f"task {task_id} still {data['status']} after {timeout}s")
         time.sleep(0.1)
+
+
+def wait_progress(
+    client: httpx.Client, task_id: str, at_least: int = 1, *, timeout: float = 60
+) -> dict[str, Any]:
+    """Poll until the task is `processing` with progress >= `at_least` (a worker is visibly
+    mid-task: the moment to SIGKILL it) and return that view. A task that ends first fails."""
+    deadline = time.monotonic() + timeout
+    while True:
+        response = client.get(f"/v1/tasks/{task_id}")
+        assert response.status_code == 200, response.text
+        view: dict[str, Any] = response.json()["data"]
+        if view["status"] == "processing" and view["progress"] >= at_least:
+            return view
+        assert view["status"] in ("pending", "processing"), (
+            f"task ended before {at_least} %: {view}"
+        )
+        assert time.monotonic() < deadline, f"task {task_id} not at {at_least} % after {timeout}s"
+        time.sleep(0.05)
 
 
 @contextlib.contextmanager

@@ -22,8 +22,8 @@ pytest.importorskip("diffusers")
 
 from reelserve.domain.models import ModelEntry
 from reelserve.media.video import decode_frames
-from reelserve.providers.diffusers import DiffusersProvider
-from reelserve.providers.diffusers_options import prepare_local_models
+from reelserve.providers.diffusers.options import prepare_local_models
+from reelserve.providers.diffusers.provider import DiffusersProvider
 from tests import tiny_pipelines
 
 

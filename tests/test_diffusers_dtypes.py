@@ -24,8 +24,8 @@ pytest.importorskip("diffusers")
 import torch
 
 from reelserve.domain.models import ModelEntry
-from reelserve.providers.diffusers import DiffusersProvider
-from reelserve.providers.diffusers_options import prepare_local_models
+from reelserve.providers.diffusers.options import prepare_local_models
+from reelserve.providers.diffusers.provider import DiffusersProvider
 from tests import tiny_pipelines
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}

@@ -30,8 +30,8 @@ pytest.importorskip("peft")  # diffusers loads LoRAs through peft
 import torch
 
 from reelserve.domain.models import ModelEntry
-from reelserve.providers.diffusers import DiffusersProvider
-from reelserve.providers.diffusers_options import LocalModelError, prepare_local_models
+from reelserve.providers.diffusers.options import LocalModelError, prepare_local_models
+from reelserve.providers.diffusers.provider import DiffusersProvider
 from reelserve.providers.registry import build_providers
 from tests import tiny_pipelines
 from tests.support import make_settings

@@ -27,8 +27,7 @@ import torch
 from reelserve.domain.models import ModelEntry
 from reelserve.domain.spec import parse_generation_request
 from reelserve.media.video import decode_frames
-from reelserve.providers.diffusers import DiffusersProvider, plan_render
-from reelserve.providers.diffusers_options import (
+from reelserve.providers.diffusers.options import (
     WAN_NEGATIVE_PROMPT,
     Geometry,
     LocalModel,
@@ -37,6 +36,7 @@ from reelserve.providers.diffusers_options import (
     prepare_local_model,
     prepare_local_models,
 )
+from reelserve.providers.diffusers.provider import DiffusersProvider, plan_render
 from reelserve.providers.registry import build_providers
 from tests import tiny_pipelines
 from tests.support import make_settings

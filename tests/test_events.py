@@ -23,7 +23,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from reelserve.cli import mint_key
+from reelserve.cli.main import mint_key
 from reelserve.settings import Settings
 from tests.databases import database_url
 from tests.support import LiveServer, free_port, make_settings, start_worker, submit

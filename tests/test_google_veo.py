@@ -458,7 +458,7 @@ def test_quota_exhaustion_is_a_queue_not_a_failure(client: httpx.Client, fake: F
 
 
 async def test_submit_rate_limiter_spaces_requests() -> None:
-    from reelserve.providers.google_credentials import RateLimiter
+    from reelserve.providers.google_veo.credentials import RateLimiter
 
     limiter = RateLimiter(per_minute=600)  # 10 a second, in bursts of up to 10
     started = time.monotonic()
@@ -470,8 +470,8 @@ async def test_submit_rate_limiter_spaces_requests() -> None:
 
 
 def test_rate_settings_reach_each_credential() -> None:
-    from reelserve.providers.google_credentials import build_credentials
-    from reelserve.settings_google import GoogleSettings
+    from reelserve.providers.google_veo.credentials import build_credentials
+    from reelserve.settings.google import GoogleSettings
 
     settings = GoogleSettings(
         api_keys=[{"key": "k1", "submits_per_minute": 5}, {"key": "k2"}],
@@ -974,8 +974,8 @@ def test_vertex_results_in_cloud_storage(vertex_fake: FakeGoogle, tmp_path: Path
 def test_unusable_service_account_file_stops_the_server_with_a_clear_message(
     tmp_path: Path,
 ) -> None:
-    from reelserve.providers.google_credentials import CredentialError, build_credentials
-    from reelserve.settings_google import GoogleSettings
+    from reelserve.providers.google_veo.credentials import CredentialError, build_credentials
+    from reelserve.settings.google import GoogleSettings
 
     missing = tmp_path / "nope.json"
     settings = GoogleSettings(project="proj-x", service_account_file=missing)

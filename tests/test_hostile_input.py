@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from reelserve.domain.ids import task_id
 from reelserve.domain.spec import MAX_PROMPT_CHARS
 from reelserve.domain.task import TaskStatus
-from reelserve.providers.sandbox import _font, _wrap
+from reelserve.providers.sandbox.provider import _font, _wrap
 from reelserve.storage.base import StorageKeyError
 from reelserve.storage.local import LocalStorage
 from reelserve.storage.s3 import S3Storage

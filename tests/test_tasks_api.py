@@ -58,7 +58,7 @@ def test_other_keys_see_404(server: LiveServer, finished: dict[str, Any]) -> Non
 def test_revoked_key_is_refused(server: LiveServer, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from reelserve.cli import app
+    from reelserve.cli.main import app
 
     secret = server.mint("test", "to-revoke")
     with server.client(secret) as c:

@@ -1,4 +1,4 @@
-"""The Veo capability table (`providers/veo_rules.py`) and the request bodies built from it.
+"""The Veo capability table (`providers/google_veo/rules.py`) and the request bodies built from it.
 
 These are pure checks, with no server: every (backend, mode, person_generation) combination,
 the resolution and duration rules, and what the 400 says would serve a refused request. The
@@ -14,9 +14,9 @@ import pytest
 from reelserve.domain.errors import InvalidRequest
 from reelserve.domain.models import default_models
 from reelserve.domain.spec import GenerationSpec, parse_generation_request
-from reelserve.providers import veo_rules as rules
-from reelserve.providers.google_veo import admit, fit_model, request_body
-from reelserve.providers.veo_rules import GEMINI, VERTEX, Backend
+from reelserve.providers.google_veo import rules
+from reelserve.providers.google_veo.provider import admit, fit_model, request_body
+from reelserve.providers.google_veo.rules import GEMINI, VERTEX, Backend
 
 MODELS = {m.id: m for m in default_models()}
 GEMINI_KEY = Backend(GEMINI)
@@ -240,7 +240,8 @@ def test_google_genai_is_not_a_dependency() -> None:
 
     assert not [r for r in requires("reelserve") or [] if r.startswith("google-genai")]
     probe = (
-        "import sys, reelserve.providers.google_veo, reelserve.providers.google_credentials; "
+        "import sys, reelserve.providers.google_veo.provider, "
+        "reelserve.providers.google_veo.credentials; "
         "print('google.genai' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)

@@ -22,7 +22,7 @@ from reelserve.domain.task import TaskStatus
 from reelserve.service import Reelserve
 from reelserve.worker.runner import Worker
 from tests.stubborn_worker import StubbornProvider
-from tests.support import LiveServer, make_settings, start_worker, submit, wait_task
+from tests.support import LiveServer, make_settings, start_worker, submit, wait_progress, wait_task
 
 
 async def test_a_provider_that_ignores_a_cancel_fails_its_task(tmp_path: Path) -> None:
@@ -32,7 +32,7 @@ async def test_a_provider_that_ignores_a_cancel_fails_its_task(tmp_path: Path) -
     key, _, _ = await service.create_key("test")
     task = await service.submit(key, {"model": "sandbox", "prompt": "p", "duration": 4})
     stop = asyncio.Event()
-    running = asyncio.create_task(Worker(service).run(stop))
+    running = asyncio.create_task(Worker(service.worker_parts()).run(stop))
     try:
         assert await asyncio.to_thread(stubborn.started.wait, 30)
         await service.cancel(key, task.id)
@@ -75,11 +75,7 @@ def test_a_worker_whose_provider_ignores_shutdown_exits_with_its_lease_released(
             stubborn = subprocess.Popen(
                 [sys.executable, str(script)], env=env, stderr=log.open("wb")
             )
-            wait_task(c, tid, until=("processing",), timeout=60)
-            deadline = time.monotonic() + 30
-            while c.get(f"/v1/tasks/{tid}").json()["data"]["progress"] == 0:
-                assert time.monotonic() < deadline, "the provider never started"
-                time.sleep(0.05)
+            wait_progress(c, tid, 1)  # the provider runs (and will ignore the stop)
             stubborn.send_signal(signal.SIGTERM)
             # Without the watchdog the process stayed alive for as long as the thread ran.
             assert stubborn.wait(timeout=30) == 1

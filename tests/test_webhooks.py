@@ -31,7 +31,7 @@ import pytest
 import sqlalchemy as sa
 from standardwebhooks import Webhook, WebhookVerificationError
 
-from reelserve.cli import mint_key_with_webhook_secret
+from reelserve.cli.main import mint_key_with_webhook_secret
 from reelserve.store.db import create_engine
 from tests.databases import database_url
 from tests.support import LiveServer, make_settings, start_worker, static_server, submit, wait_task

@@ -119,7 +119,7 @@ async def test_an_old_attempt_ending_leaves_the_new_attempt_tracked(tmp_path: Pa
     key, _, _ = await service.create_key("test")
     task = await service.submit(key, {"model": "sandbox", "prompt": "p", "duration": 1})
     stop = asyncio.Event()
-    running = asyncio.create_task(Worker(service).run(stop))
+    running = asyncio.create_task(Worker(service.worker_parts()).run(stop))
     try:
         deadline = time.monotonic() + 30
         while provider.calls < 1:

@@ -1,3 +1,3 @@
-from reelserve.cli import main
+from reelserve.cli.main import main
 
 main()

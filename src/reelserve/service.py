@@ -42,6 +42,7 @@ from reelserve.store.observe import task_stats
 from reelserve.store.queue import CancelOutcome, IdempotencyConflict, TaskQueue, TaskRecord
 from reelserve.store.usage import UsageStore
 from reelserve.store.webhooks import Attempt, Delivery, WebhookStore, new_webhook_secret
+from reelserve.worker.parts import WorkerParts
 
 MAX_LIST_LIMIT = 100
 LANGUAGES = ("en", "zh", "ko", "ja")
@@ -103,6 +104,21 @@ class Reelserve:
     async def close(self) -> None:
         self.queue.close()
         await self.queue.engine.dispose()
+
+    def worker_parts(self) -> WorkerParts:
+        """What a worker of this process is given (it never sees this object)."""
+        return WorkerParts(
+            settings=self.settings,
+            queue=self.queue,
+            storage=self.storage,
+            providers=self.providers,
+            usage=self.usage,
+            webhooks=self.webhooks,
+            metrics=self.metrics,
+            image_policy=self.image_policy(),
+            webhook_policy=self.webhook_policy(),
+            render_task=self.task_view,
+        )
 
     def on_submit(self, listener: Callable[[], None]) -> None:
         """Called after each submit in this process (the in-process worker wakes at once)."""

@@ -19,22 +19,22 @@ from reelserve.api import errors
 from reelserve.api.fastpath import TaskStatusFastPath
 from reelserve.api.inputs import check_path_and_query
 from reelserve.api.middleware import BodyLimitMiddleware, MetricsMiddleware
+from reelserve.api.openai import routes as openai_videos
 from reelserve.api.routes import (
     events,
     files,
     generations,
     health,
     models,
-    openai_videos,
     playground,
     tasks,
     usage,
     webhooks,
 )
+from reelserve.api.watch import TaskWatcher
 from reelserve.metrics import Metrics
 from reelserve.service import Reelserve
 from reelserve.settings import Settings
-from reelserve.watch import TaskWatcher
 from reelserve.worker.runner import Worker
 
 
@@ -112,7 +112,7 @@ def create_app(
         stop = asyncio.Event()
         worker_task: asyncio.Task[None] | None = None
         if start_worker:
-            worker = Worker(service, exit_when_stuck=exit_when_stuck)
+            worker = Worker(service.worker_parts(), exit_when_stuck=exit_when_stuck)
             service.on_submit(worker.wake)
             worker_task = asyncio.create_task(worker.run(stop))
             app.state.worker = worker

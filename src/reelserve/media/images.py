@@ -34,7 +34,7 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image, ImageOps
 
-from reelserve.media.netguard import (
+from reelserve.net.guard import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_PIXELS,
     MIB,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from reelserve.domain.models import ModelEntry
 from reelserve.providers.base import Capabilities, Provider
-from reelserve.providers.sandbox import SandboxProvider
+from reelserve.providers.sandbox.provider import SandboxProvider
 from reelserve.settings import Settings
 
 SANDBOX = "sandbox"
@@ -27,15 +27,15 @@ def build_providers(settings: Settings) -> dict[str, Provider]:
     local = [m for m in settings.models if m.provider == "diffusers"]
     if local:
         # Validated even where torch is missing, so every host shows the same capabilities.
-        from reelserve.providers.diffusers_options import prepare_local_models
+        from reelserve.providers.diffusers.options import prepare_local_models
 
         models = prepare_local_models(local)
         if _local_runtime_installed():
-            from reelserve.providers.diffusers import DiffusersProvider
+            from reelserve.providers.diffusers.provider import DiffusersProvider
 
             providers["diffusers"] = DiffusersProvider(models, device=settings.device)
     if settings.google.configured:
-        from reelserve.providers.google_veo import GoogleVeoProvider
+        from reelserve.providers.google_veo.provider import GoogleVeoProvider
 
         providers["google_veo"] = GoogleVeoProvider(settings.google, settings.model_map())
     return providers
@@ -51,7 +51,7 @@ def build_capabilities(
         name: p for name, p in providers.items() if isinstance(p, Capabilities)
     }
     if "google_veo" not in found and "google_veo" in settings.remote_providers:
-        from reelserve.providers.google_veo import VeoCapabilities
+        from reelserve.providers.google_veo.provider import VeoCapabilities
 
         found["google_veo"] = VeoCapabilities.of_backends(
             settings.google.remote_backends, vertex_4k=settings.google.vertex_4k

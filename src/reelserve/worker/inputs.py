@@ -15,29 +15,29 @@ from reelserve.domain.spec import GenerationSpec
 from reelserve.domain.task import ErrorCode
 from reelserve.media.images import ImageInputError, decode_image, fetch_image, fit_image
 from reelserve.providers.base import InputImages, ProviderError
-from reelserve.service import Reelserve
 from reelserve.store.queue import TaskRecord
 
 if TYPE_CHECKING:
+    from reelserve.worker.parts import WorkerParts
     from reelserve.worker.runner import TaskContext
 
 _EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp"}
 
 
 async def load_inputs(
-    app: Reelserve, task: TaskRecord, spec: GenerationSpec, ctx: TaskContext
+    parts: WorkerParts, task: TaskRecord, spec: GenerationSpec, ctx: TaskContext
 ) -> InputImages:
     stored: dict[str, Any] = dict(ctx.inputs_state)
     fetched: dict[str, tuple[bytes, str]] = {}
-    policy = app.image_policy()
+    policy = parts.image_policy
     for name, source in (("first", spec.first_frame_image), ("last", spec.last_frame_image)):
         if source is None:
             continue
         param = f"{name}_frame_image"
         entry = stored.get(name)
-        if entry is not None and await asyncio.to_thread(app.storage.exists, entry["key"]):
+        if entry is not None and await asyncio.to_thread(parts.storage.exists, entry["key"]):
             fetched[name] = (
-                await asyncio.to_thread(app.storage.read_bytes, entry["key"]),
+                await asyncio.to_thread(parts.storage.read_bytes, entry["key"]),
                 entry["mime"],
             )
             continue
@@ -46,7 +46,7 @@ async def load_inputs(
         except ImageInputError as exc:
             raise ProviderError(ErrorCode.INVALID_IMAGE, exc.message) from None
         key = f"{task.id}/inputs/{name}.{_EXTENSIONS.get(mime, 'bin')}"
-        await asyncio.to_thread(app.storage.put_bytes, key, data)
+        await asyncio.to_thread(parts.storage.put_bytes, key, data)
         stored[name] = {"key": key, "mime": mime, "bytes": len(data)}
         fetched[name] = (data, mime)
     if stored != ctx.inputs_state:

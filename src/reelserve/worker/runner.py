@@ -43,9 +43,9 @@ from reelserve.providers.base import (
     Usage,
     Withheld,
 )
-from reelserve.service import Reelserve
-from reelserve.store.queue import TaskRecord
+from reelserve.store.queue import TaskQueue, TaskRecord
 from reelserve.store.usage import UsageRecord
+from reelserve.worker.parts import WorkerParts
 from reelserve.worker.webhooks import WebhookDeliverer
 
 log = logging.getLogger("reelserve.worker")
@@ -71,7 +71,7 @@ class TaskContext:
     workdir: Path
     resume_state: dict[str, Any] | None
     images: InputImages
-    _app: Reelserve
+    _queue: TaskQueue
     _token: str
     _checkpoint: dict[str, Any]
     _fraction: float = 0.0
@@ -139,7 +139,7 @@ class TaskContext:
     async def _save(self, part: str, state: dict[str, Any]) -> None:
         """The task's checkpoint holds the worker's part ("inputs") and the provider's."""
         self._checkpoint[part] = state
-        if not await self._app.queue.checkpoint(self.task_id, self._token, self._checkpoint):
+        if not await self._queue.checkpoint(self.task_id, self._token, self._checkpoint):
             self.stop("lost")
             raise LeaseLost(self.task_id)
 
@@ -147,7 +147,7 @@ class TaskContext:
 class Worker:
     def __init__(
         self,
-        app: Reelserve,
+        parts: WorkerParts,
         *,
         concurrency: int | None = None,
         remote_concurrency: int | None = None,
@@ -157,15 +157,15 @@ class Worker:
         shutdown_grace: float | None = None,
         exit_when_stuck: bool = False,
     ) -> None:
-        self.app = app
-        self.settings = app.settings
+        self.parts = parts
+        self.settings = parts.settings
         # Two bounds: tasks that compute here (CPU/GPU) and tasks that wait on a remote service
         # (each costs a poll now and then), so that neither kind waits behind the other.
         self.concurrency = concurrency or self.settings.worker_concurrency
         self.remote_concurrency = remote_concurrency or self.settings.worker_remote_concurrency
-        self.providers = providers if providers is not None else set(app.providers)
+        self.providers = providers if providers is not None else set(parts.providers)
         self.remote_providers = {
-            name for name in self.providers if _kind(app.providers.get(name)) == REMOTE
+            name for name in self.providers if _kind(parts.providers.get(name)) == REMOTE
         }
         self.compute_providers = self.providers - self.remote_providers
         self.models = models
@@ -184,7 +184,7 @@ class Worker:
         self._remote_running: set[str] = set()
         self._contexts: dict[str, TaskContext] = {}
         self.completed = 0
-        self.webhooks = WebhookDeliverer(app, name=self.name)
+        self.webhooks = WebhookDeliverer(parts, name=self.name)
 
     def wake(self) -> None:
         """Claim now instead of after the poll interval (thread-safe within the loop's thread)."""
@@ -203,7 +203,7 @@ class Worker:
         delivering = asyncio.create_task(self.webhooks.run(stop))
         beating = asyncio.create_task(self._heartbeats())
         try:
-            async with self.app.queue.subscribe(self._notified):
+            async with self.parts.queue.subscribe(self._notified):
                 await self._loop(stop, stop_wait, last_reap)
         finally:
             beating.cancel()
@@ -236,7 +236,7 @@ class Worker:
                 if time.monotonic() - last_reap > self.settings.lease_seconds / 2:
                     last_reap = time.monotonic()
                     with contextlib.suppress(Exception):
-                        failed = await self.app.queue.fail_exhausted(self.settings.max_attempts)
+                        failed = await self.parts.queue.fail_exhausted(self.settings.max_attempts)
                         for task_id in failed:
                             log.warning("task %s failed: attempts exhausted", task_id)
                 claimed = False
@@ -279,10 +279,10 @@ class Worker:
         """Delete the files of tasks finished more than `result_ttl` ago and mark them expired."""
         before = time.time() - self.settings.result_ttl
         swept = 0
-        while ids := await self.app.queue.expired_files(before):
+        while ids := await self.parts.queue.expired_files(before):
             for task_id in ids:
-                await asyncio.to_thread(self.app.storage.delete_prefix, task_id)
-                await self.app.queue.mark_files_expired(task_id)
+                await asyncio.to_thread(self.parts.storage.delete_prefix, task_id)
+                await self.parts.queue.mark_files_expired(task_id)
                 swept += 1
         if swept:
             log.info("retention: deleted the files of %d tasks", swept)
@@ -290,7 +290,7 @@ class Worker:
 
     async def _claim_one(self, providers: set[str], *, remote: bool) -> bool:
         token = f"{self.name}:{secrets.token_hex(6)}"
-        task = await self.app.queue.claim(
+        task = await self.parts.queue.claim(
             token,
             lease_seconds=self.settings.lease_seconds,
             max_attempts=self.settings.max_attempts,
@@ -332,7 +332,7 @@ class Worker:
             await asyncio.wait(pending, timeout=2)
 
     async def _execute(self, task: TaskRecord, token: str) -> None:
-        queue = self.app.queue
+        queue = self.parts.queue
         workdir = await asyncio.to_thread(self._fresh_workdir, task.id)
         checkpoint = dict(task.checkpoint or {})
         ctx = TaskContext(
@@ -340,7 +340,7 @@ class Worker:
             workdir=workdir,
             resume_state=checkpoint.get("provider"),
             images=InputImages(),
-            _app=self.app,
+            _queue=self.parts.queue,
             _token=token,
             _checkpoint=checkpoint,
             token=token,
@@ -352,9 +352,9 @@ class Worker:
         outcome = "?"
         claimed_at = time.monotonic()
         if task.attempts == 1 and task.started_at is not None:
-            self.app.metrics.task_claimed(task.model, task.started_at - task.created_at)
+            self.parts.metrics.task_claimed(task.model, task.started_at - task.created_at)
         try:
-            provider = self.app.providers.get(task.provider)
+            provider = self.parts.providers.get(task.provider)
             if provider is None:
                 raise ProviderError(
                     ErrorCode.PROVIDER_NOT_CONFIGURED,
@@ -400,7 +400,7 @@ class Worker:
             )
         finally:
             self._contexts.pop(token, None)
-            self.app.metrics.task_attempt_finished(
+            self.parts.metrics.task_attempt_finished(
                 task.model, outcome, time.monotonic() - claimed_at
             )
             await asyncio.to_thread(shutil.rmtree, workdir, True)
@@ -453,7 +453,7 @@ class Worker:
             return InputImages()
         from reelserve.worker.inputs import load_inputs
 
-        return await load_inputs(self.app, task, spec, ctx)
+        return await load_inputs(self.parts, task, spec, ctx)
 
     async def _store_results(
         self,
@@ -462,7 +462,7 @@ class Worker:
         clips: list[Clip],
         withheld: list[Withheld],
     ) -> dict[str, Any]:
-        storage = self.app.storage
+        storage = self.parts.storage
 
         def _finish(index: int, clip: Clip) -> dict[str, Any]:
             info = probe_video(clip.path)
@@ -525,7 +525,7 @@ class Worker:
             credential=usage.credential,
         )
         try:
-            await self.app.usage.record(row)
+            await self.parts.usage.record(row)
         except Exception:
             log.exception("task %s: recording its usage failed", task.id)
 
@@ -546,7 +546,7 @@ class Worker:
                 if pct > ctx.sent_progress:
                     progress[ctx.token] = pct
             try:
-                owned = await self.app.queue.heartbeat_many(
+                owned = await self.parts.queue.heartbeat_many(
                     leases, lease_seconds=self.settings.lease_seconds, progress=progress
                 )
             except Exception:

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import httpx
 
 from reelserve import __version__
-from reelserve.media.netguard import (
+from reelserve.net.guard import (
     AddressRefused,
     FetchPolicy,
     OutboundError,
@@ -44,7 +44,6 @@ from reelserve.media.netguard import (
     parse_http_url,
     pinned_request,
 )
-from reelserve.service import Reelserve
 from reelserve.store.webhooks import (
     AttemptOutcome,
     Delivery,
@@ -52,6 +51,7 @@ from reelserve.store.webhooks import (
     SecretUnavailable,
     secret_bytes,
 )
+from reelserve.worker.parts import WorkerParts
 
 log = logging.getLogger("reelserve.webhooks")
 
@@ -83,9 +83,9 @@ class AttemptResult:
 
 
 class WebhookDeliverer:
-    def __init__(self, app: Reelserve, *, name: str) -> None:
-        self.app = app
-        self.settings = app.settings
+    def __init__(self, parts: WorkerParts, *, name: str) -> None:
+        self.parts = parts
+        self.settings = parts.settings
         self.name = name
         self.concurrency = self.settings.webhook_concurrency
         self._wake = asyncio.Event()
@@ -141,7 +141,7 @@ class WebhookDeliverer:
             await asyncio.wait(pending, timeout=5)
 
     async def _claim_one(self) -> bool:
-        store = self.app.webhooks
+        store = self.parts.webhooks
         if not await store.has_due():
             return False
         token = f"{self.name}:{secrets.token_hex(4)}"
@@ -154,7 +154,7 @@ class WebhookDeliverer:
         return True
 
     async def _deliver(self, delivery: Delivery, token: str) -> None:
-        store = self.app.webhooks
+        store = self.parts.webhooks
         try:
             if delivery.payload is None:
                 prepared = await self._prepare(delivery, token)
@@ -197,14 +197,14 @@ class WebhookDeliverer:
 
     async def _prepare(self, delivery: Delivery, token: str) -> Delivery | None:
         """Build the body from the finished task (first attempt) and freeze it."""
-        task = await self.app.queue.get(delivery.task_id)
+        task = await self.parts.queue.get(delivery.task_id)
         if task is None:  # deleted by its owner before the first attempt
-            await self.app.webhooks.drop(delivery.id, token)
+            await self.parts.webhooks.drop(delivery.id, token)
             return None
-        view = await self.app.task_view(task, delivery.base_url)
+        view = await self.parts.render_task(task, delivery.base_url)
         payload = json.dumps({"code": 200, "data": view}, separators=(",", ":"), ensure_ascii=False)
         event = f"task.{task.status.value}"
-        if not await self.app.webhooks.save_payload(delivery.id, token, event, payload):
+        if not await self.parts.webhooks.save_payload(delivery.id, token, event, payload):
             return None  # the lease was lost meanwhile
         return dataclasses.replace(
             delivery, payload=payload, event=event, state=DeliveryState.PENDING
@@ -225,7 +225,7 @@ class WebhookDeliverer:
     async def attempt(self, delivery: Delivery, body: bytes) -> AttemptResult:
         """One signed POST of `body`, under `webhook_timeout` in all (DNS included)."""
         try:
-            secret = await self.app.webhooks.secret(delivery.api_key_id)
+            secret = await self.parts.webhooks.secret(delivery.api_key_id)
         except SecretUnavailable as exc:
             return AttemptResult(AttemptOutcome.FAILED, error=str(exc))
         timestamp = int(time.time())
@@ -236,7 +236,7 @@ class WebhookDeliverer:
             "webhook-timestamp": str(timestamp),
             "webhook-signature": sign(secret, delivery.id, timestamp, body),
         }
-        policy = self.app.webhook_policy()
+        policy = self.parts.webhook_policy
         timeout = self.settings.webhook_timeout
         try:
             async with asyncio.timeout(timeout):

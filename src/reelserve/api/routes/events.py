@@ -1,6 +1,6 @@
 """GET /v1/tasks/{task_id}/events: a task's status and progress as Server-Sent Events.
 
-The watching is `reelserve.watch`'s job; this module only speaks the `text/event-stream` format:
+The watching is `reelserve.api.watch`'s job; this module only speaks the `text/event-stream` format:
 one event per change (`id:` a sequence number within the stream, `event:` "status" or
 "progress", `data:` the task view of `GET /v1/tasks/{id}` as one line of JSON), a comment line
 after `events_keepalive` seconds of silence, and the end of the response after the final state.
@@ -16,7 +16,7 @@ from starlette.types import Receive, Scope, Send
 
 from reelserve.api.auth import Key, Service
 from reelserve.api.errors import error_responses, json_bytes
-from reelserve.watch import TaskEvent, TaskEvents, TaskWatcher
+from reelserve.api.watch import TaskEvent, TaskEvents, TaskWatcher
 
 router = APIRouter(tags=["tasks"])
 

@@ -10,7 +10,7 @@ used only to mint Vertex AI access tokens. The endpoints:
   `POST .../M:fetchPredictOperation {"operationName": ...}`; videos come inline (base64) or, with
   `storageUri`, as `gs://` objects read through the Cloud Storage JSON API.
 
-What each backend accepts is `providers/veo_rules.py`. The submit check refuses a request no
+What each backend accepts is `providers/google_veo/rules.py`. The submit check refuses a request no
 configured credential can serve; here, a credential is only ever chosen among those whose
 backend serves the request exactly as asked.
 
@@ -65,16 +65,16 @@ from reelserve.domain.models import ModelEntry
 from reelserve.domain.spec import GenerationSpec
 from reelserve.domain.task import ErrorCode
 from reelserve.media.images import ImageInputError, upload_image
-from reelserve.providers import veo_rules as rules
 from reelserve.providers.base import Clip, ProviderError, RunContext, Usage, Withheld
-from reelserve.providers.google_credentials import (
+from reelserve.providers.google_veo import rules
+from reelserve.providers.google_veo.credentials import (
     Credential,
     CredentialError,
     CredentialPool,
     build_credentials,
 )
-from reelserve.providers.veo_rules import GEMINI, VERTEX, Backend
-from reelserve.settings_google import GoogleSettings
+from reelserve.providers.google_veo.rules import GEMINI, VERTEX, Backend
+from reelserve.settings.google import GoogleSettings
 
 log = logging.getLogger("reelserve.google_veo")
 R = TypeVar("R")

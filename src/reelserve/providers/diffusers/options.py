@@ -44,7 +44,7 @@ from pydantic import (
 
 from reelserve.domain.models import RESOLUTION_SIZES, ModelEntry
 
-log = logging.getLogger("reelserve.providers.diffusers")
+log = logging.getLogger("reelserve.providers.diffusers.provider")
 
 Family = Literal["wan", "ltx", "ltx2"]
 Mode = Literal["t2v", "i2v", "flf2v"]

@@ -1,7 +1,7 @@
 """The `google` settings section: credentials, polling, retries and prices of the Veo provider.
 
-Kept in its own module so `settings.py` stays a readable list of top-level options; the object
-is nested there as `Settings.google` (environment: `REELSERVE_GOOGLE__<NAME>`, lists and maps
+Kept in its own module so `settings/server.py` stays a readable list of top-level options; the
+object is nested there as `Settings.google` (environment: `REELSERVE_GOOGLE__<NAME>`, lists and maps
 as JSON). docs/providers/google-veo.md explains every field with examples.
 """
 

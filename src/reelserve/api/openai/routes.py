@@ -21,8 +21,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from reelserve.api.auth import Key, Service
 from reelserve.api.errors import IDEMPOTENCY_KEY_SCHEMA, error_responses, json_bytes
 from reelserve.api.inputs import parse_json_body
+from reelserve.api.openai import mapping as compat
 from reelserve.api.routes.files import FILE_RESPONSES, get_file
-from reelserve.domain import openai_compat as compat
 from reelserve.domain.errors import InvalidRequest, ReelserveError, describe
 from reelserve.domain.spec import MAX_IMAGE_BYTES
 from reelserve.service import Reelserve

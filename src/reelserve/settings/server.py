@@ -21,7 +21,7 @@ from pydantic_settings import (
 )
 
 from reelserve.domain.models import ModelEntry, default_models
-from reelserve.settings_google import GoogleSettings
+from reelserve.settings.google import GoogleSettings
 
 
 def default_data_dir() -> Path:

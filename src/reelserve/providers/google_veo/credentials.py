@@ -23,8 +23,8 @@ from typing import Any
 
 import httpx
 
-from reelserve.providers.veo_rules import GEMINI, VERTEX, Backend
-from reelserve.settings_google import GeminiKey, GoogleSettings, VertexCredential
+from reelserve.providers.google_veo.rules import GEMINI, VERTEX, Backend
+from reelserve.settings.google import GeminiKey, GoogleSettings, VertexCredential
 
 CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 
@@ -53,7 +53,7 @@ class Credential:
 
     @property
     def profile(self) -> Backend:
-        """What this credential's backend and account can serve (providers/veo_rules.py)."""
+        """What this credential's backend and account can serve (providers/google_veo/rules.py)."""
         return Backend(self.backend, restricted_region=self.restricted_region, four_k=self.four_k)
 
     def describe(self) -> str:

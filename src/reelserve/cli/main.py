@@ -21,7 +21,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from reelserve.cli_generate import generate_command
+from reelserve.cli.generate import generate_command
 from reelserve.settings import Settings
 
 if TYPE_CHECKING:
@@ -257,7 +257,7 @@ async def _run_worker(
         err.print(f"[red]providers not available on this worker:[/] {missing}")
         raise typer.Exit(2)
     worker = Worker(
-        service,
+        service.worker_parts(),
         concurrency=concurrency,
         remote_concurrency=remote_concurrency,
         providers=providers if providers is not None else available,

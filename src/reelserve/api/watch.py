@@ -25,7 +25,7 @@ from reelserve.store.keys import ApiKey
 from reelserve.store.observe import view_records
 from reelserve.store.queue import TaskRecord
 
-log = logging.getLogger("reelserve.watch")
+log = logging.getLogger("reelserve.api.watch")
 
 State = tuple[TaskStatus, int]
 

@@ -41,7 +41,7 @@ from reelserve.domain.task import ErrorCode
 from reelserve.media.images import DEFAULT_MAX_PIXELS, ImageInputError, decode_image, fit_image
 from reelserve.media.video import encode_mp4
 from reelserve.providers.base import Clip, InputImages, ProviderError, RunContext
-from reelserve.providers.diffusers_options import (
+from reelserve.providers.diffusers.options import (
     RESERVED_CALL_ARGUMENTS,
     CacheOption,
     DistillLora,
@@ -51,7 +51,7 @@ from reelserve.providers.diffusers_options import (
     MagCache,
 )
 
-log = logging.getLogger("reelserve.providers.diffusers")
+log = logging.getLogger("reelserve.providers.diffusers.provider")
 
 # The pipeline class of each family and mode (diffusers 0.42 names).
 PIPELINES: dict[str, dict[str, str]] = {

@@ -1,0 +1,1 @@
+"""The `reelserve` command: serve, worker, generate, keys, tasks, migrate."""

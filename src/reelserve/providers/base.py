@@ -15,6 +15,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from reelserve.domain.models import ModelEntry
+from reelserve.domain.result import Withheld as Withheld  # re-exported for providers
 from reelserve.domain.spec import GenerationSpec
 from reelserve.domain.task import ErrorCode
 
@@ -35,17 +36,6 @@ class Clip:
     # one ("allow_adult", "disallow"; the Gemini API's text-to-video applies "allow_all"), or
     # None where the provider has no such policy.
     person_generation: str | None = None
-
-
-@dataclass(frozen=True)
-class Withheld:
-    """Samples of a task that the upstream did not deliver, and why: the task still completes
-    with the others, and its result lists these (`withheld`)."""
-
-    code: str  # an ErrorCode value: content_filtered, upstream_error, timeout, ...
-    count: int
-    message: str
-    reasons: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""The reelserve Python SDK: `Client` (sync) and `AsyncClient` (asyncio), over httpx.
+"""The reelserve Python SDK, and only that: `Client` (sync) and `AsyncClient` (asyncio) talk to
+a reelserve server over HTTP with httpx alone, importing nothing of the server.
 
     from reelserve.client import Client
 
@@ -7,11 +8,14 @@
         task = client.wait(task_id, on_update=lambda t: print(t.status, t.progress))
         client.download(task, "boat.mp4")
 
-It depends on httpx alone and imports nothing of the server. See docs/client.md.
+As in httpx, everything but I/O (building requests, reading answers, retry and wait decisions)
+lives once in `_base`, `_submission`, `_events` and `_wait`; `_sync` and `_async` only send,
+sleep and stream. See docs/client.md.
 """
 
 from reelserve.client._async import AsyncClient
-from reelserve.client._common import image_data_url, sample_paths
+from reelserve.client._base import sample_paths
+from reelserve.client._submission import image_data_url
 from reelserve.client._sync import Client
 from reelserve.client.errors import (
     APIConnectionError,

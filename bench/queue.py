@@ -27,11 +27,13 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from reelserve.providers.base import ProviderBase
+
 ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 
 
-class NoopProvider:
+class NoopProvider(ProviderBase):
     name = "bench"
 
     async def run(self, spec: Any, ctx: Any) -> list[Any]:
@@ -45,7 +47,7 @@ async def _worker_main(url: str, data_dir: str) -> None:
 
     settings = Settings(data_dir=Path(data_dir), database_url=url, secret_key="bench")
     service = await Reelserve.open(settings, migrate=False)
-    service.providers["bench"] = NoopProvider()  # type: ignore[assignment]
+    service.providers["bench"] = NoopProvider()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)

@@ -14,10 +14,10 @@ import signal
 import threading
 from typing import Any
 
-from reelserve.providers.base import Clip
+from reelserve.providers.base import Clip, ProviderBase
 
 
-class StubbornProvider:
+class StubbornProvider(ProviderBase):
     """Reports a little progress, then blocks in a thread until `release` is set (or an hour
     passes), never calling `ctx.check_cancelled()`."""
 

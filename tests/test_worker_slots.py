@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from reelserve.domain.task import TaskStatus
+from reelserve.providers.base import ProviderBase
 from reelserve.service import Reelserve
 from reelserve.store.tables import tasks
 from reelserve.worker.runner import Worker
@@ -80,7 +81,7 @@ def test_remote_tasks_do_not_take_compute_slots(fake: FakeGoogle, tmp_path: Path
     assert len(fake.submits()) == REMOTE_TASKS
 
 
-class TwoAttemptsProvider:
+class TwoAttemptsProvider(ProviderBase):
     """Attempt 1 runs until attempt 2 of the same task has started in the same worker, then
     ends (it finds itself lost); attempt 2 runs until it is told to stop."""
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -20,6 +20,10 @@ from reelserve.domain.spec import GenerationSpec
 from reelserve.domain.task import ErrorCode
 
 Frame = NDArray[np.uint8]
+
+# "compute": the provider works here, on this host's CPU or GPU (the worker's compute slots);
+# "remote": it waits on another service (Veo, relays) and holds one of the remote slots.
+ProviderKind = Literal["compute", "remote"]
 
 
 @dataclass(frozen=True)
@@ -57,8 +61,8 @@ class TaskCancelled(Exception):
 class Usage:
     """What a finished task cost upstream, for usage accounting (`GET /v1/usage`).
 
-    A provider that pays an upstream offers `usage(spec, state, videos) -> Usage` (`state` is
-    its last checkpoint); local providers have none and cost 0.
+    A provider that pays an upstream overrides `Provider.usage`; the default
+    (`ProviderBase`) costs 0.
     """
 
     cost: float = 0.0
@@ -100,18 +104,11 @@ class RunContext(Protocol):
         """Persist provider state durably before returning (e.g. an upstream operation id)."""
 
 
-class Provider(Protocol):
-    name: str
-
-    async def run(self, spec: GenerationSpec, ctx: RunContext) -> list[Clip]:
-        """Produce `spec.sample_count` clips, or raise `ProviderError` / `TaskCancelled`."""
-        ...
-
-
-@runtime_checkable
 class Capabilities(Protocol):
-    """What a provider whose upstream refuses some requests offers the API: the submit check
-    and the model as its configured backends can serve it (remote providers such as Veo)."""
+    """What the API asks of a provider at submit and for `/v1/models`: the submit check and the
+    model as its configured backends can serve it. Every provider has both (`ProviderBase`:
+    admit all, show the model as declared); remote providers such as Veo narrow them, and an
+    API host that runs no Veo poller has `VeoCapabilities` alone."""
 
     def admit(self, spec: GenerationSpec) -> None:
         """Raise `InvalidRequest` (a 400 naming the field) unless `spec` can be served."""
@@ -119,3 +116,40 @@ class Capabilities(Protocol):
     def fit_model(self, entry: ModelEntry) -> ModelEntry:
         """`entry` narrowed to what the configured backends serve, as `/v1/models` shows it."""
         ...
+
+
+class Provider(Capabilities, Protocol):
+    """What the worker and the API see of a provider. `ProviderBase` gives the defaults of
+    all but `name` and `run`."""
+
+    name: str
+
+    @property
+    def kind(self) -> ProviderKind:
+        """Which of the worker's bounds its tasks count against."""
+        ...
+
+    async def run(self, spec: GenerationSpec, ctx: RunContext) -> list[Clip]:
+        """Produce `spec.sample_count` clips, or raise `ProviderError` / `TaskCancelled`."""
+        ...
+
+    def usage(self, spec: GenerationSpec, state: dict[str, Any] | None, videos: int) -> Usage:
+        """What the finished task cost upstream; `state` is the provider's last checkpoint."""
+        ...
+
+
+class ProviderBase:
+    """The defaults of a provider: it computes here, costs nothing, admits every request its
+    model entry allows and shows that entry as declared. A provider inherits this and
+    overrides what differs."""
+
+    kind: ProviderKind = "compute"
+
+    def usage(self, spec: GenerationSpec, state: dict[str, Any] | None, videos: int) -> Usage:
+        return Usage()
+
+    def admit(self, spec: GenerationSpec) -> None:
+        return None
+
+    def fit_model(self, entry: ModelEntry) -> ModelEntry:
+        return entry

@@ -44,12 +44,11 @@ def build_providers(settings: Settings) -> dict[str, Provider]:
 def build_capabilities(
     settings: Settings, providers: dict[str, Provider]
 ) -> dict[str, Capabilities]:
-    """The submit checks and model fitting of the providers that have them, by name: those
-    of the providers this process runs, and Veo's on an API host whose pollers run elsewhere
-    (`remote_providers`: it knows their backends from `google.remote_backends`)."""
-    found: dict[str, Capabilities] = {
-        name: p for name, p in providers.items() if isinstance(p, Capabilities)
-    }
+    """The submit checks and model fitting by provider name: those of the providers this
+    process runs (`ProviderBase`'s defaults where a provider has none), and Veo's on an API
+    host whose pollers run elsewhere (`remote_providers`: it knows their backends from
+    `google.remote_backends`)."""
+    found: dict[str, Capabilities] = dict(providers)
     if "google_veo" not in found and "google_veo" in settings.remote_providers:
         from reelserve.providers.google_veo.provider import VeoCapabilities
 

@@ -40,7 +40,13 @@ from reelserve.domain.spec import GenerationSpec
 from reelserve.domain.task import ErrorCode
 from reelserve.media.images import DEFAULT_MAX_PIXELS, ImageInputError, decode_image, fit_image
 from reelserve.media.video import encode_mp4
-from reelserve.providers.base import Clip, InputImages, ProviderError, RunContext
+from reelserve.providers.base import (
+    Clip,
+    InputImages,
+    ProviderBase,
+    ProviderError,
+    RunContext,
+)
 from reelserve.providers.diffusers.options import (
     RESERVED_CALL_ARGUMENTS,
     CacheOption,
@@ -122,7 +128,7 @@ class Rendered:
     sample_rate: int
 
 
-class DiffusersProvider:
+class DiffusersProvider(ProviderBase):
     """Runs local diffusers pipelines; see the module docstring."""
 
     name = "diffusers"

@@ -65,7 +65,14 @@ from reelserve.domain.models import ModelEntry
 from reelserve.domain.spec import GenerationSpec
 from reelserve.domain.task import ErrorCode
 from reelserve.media.images import ImageInputError, upload_image
-from reelserve.providers.base import Clip, ProviderError, RunContext, Usage, Withheld
+from reelserve.providers.base import (
+    Clip,
+    ProviderBase,
+    ProviderError,
+    RunContext,
+    Usage,
+    Withheld,
+)
 from reelserve.providers.google_veo import rules
 from reelserve.providers.google_veo.credentials import (
     Credential,
@@ -303,7 +310,7 @@ class _Failed:
     error: ProviderError
 
 
-class GoogleVeoProvider:
+class GoogleVeoProvider(ProviderBase):
     """The `google_veo` provider (see the module docstring)."""
 
     name = "google_veo"

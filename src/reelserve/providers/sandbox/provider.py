@@ -40,7 +40,7 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from reelserve.domain.spec import GenerationSpec
 from reelserve.media.video import encode_mp4
-from reelserve.providers.base import Clip, Frame, InputImages, RunContext
+from reelserve.providers.base import Clip, Frame, InputImages, ProviderBase, RunContext
 
 SAMPLE_RATE = 48000
 # x264 preset for sandbox clips. Measured on 2 cores, 8-second clips, render + encode:
@@ -674,7 +674,7 @@ def render_audio(
     return out.astype(np.float32)
 
 
-class SandboxProvider:
+class SandboxProvider(ProviderBase):
     """The `sandbox` provider: renders every sample locally, on the CPU, in a worker thread.
 
     `preset` and `crf` are x264's; the default `veryfast` at CRF 23 is chosen from the

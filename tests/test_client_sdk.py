@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import http.server
+import inspect
 import io
 import json
 import threading
@@ -35,6 +36,9 @@ from reelserve.client import (
     WaitTimeout,
     image_data_url,
 )
+from reelserve.client._events import EventReader
+from reelserve.client._submission import SubmitFields
+from reelserve.client._wait import Waiter
 from reelserve.media.video import decode_frames, probe_video
 from tests.support import LiveServer, free_port, make_settings, static_server
 
@@ -414,3 +418,152 @@ def test_wait_falls_back_to_polling_without_an_event_stream() -> None:
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+# -- the two clients and their shared, I/O-free base ----------------------------------------------
+
+
+def test_both_clients_have_the_same_surface() -> None:
+    """`AsyncClient` is `Client` awaited: the same public methods with the same parameters
+    (closing and the context manager being the asyncio ones)."""
+    own = {"close", "aclose"}
+
+    def public(cls: type) -> set[str]:
+        return {n for n in dir(cls) if not n.startswith("_")} - own
+
+    assert public(Client) == public(AsyncClient)
+    assert public(Client) >= {"submit", "get", "wait", "events", "download_all", "models"}
+    for name in sorted(public(Client)):
+        sync, awaited = getattr(Client, name), getattr(AsyncClient, name)
+        if not callable(sync):
+            continue
+        assert inspect.signature(sync).parameters == inspect.signature(awaited).parameters, name
+        assert not inspect.iscoroutinefunction(sync), name
+        if name == "list":
+            assert inspect.isasyncgenfunction(awaited)
+        elif name != "events":  # events returns the stream without awaiting anything
+            assert inspect.iscoroutinefunction(awaited), name
+    assert inspect.signature(Client).parameters == inspect.signature(AsyncClient).parameters
+    assert inspect.iscoroutinefunction(AsyncClient.aclose)
+
+
+@pytest.fixture
+def offline() -> Iterator[Client]:
+    """A client whose requests are built but never sent (nothing listens on that port)."""
+    http = httpx.Client(headers={"X-Trace": "t1"})
+    with Client(f"http://127.0.0.1:{free_port()}/base", "rs_test_k", http_client=http) as client:
+        yield client
+    http.close()
+
+
+def test_requests_are_built_by_the_base(offline: Client) -> None:
+    get = offline._get_call("task/1")
+    assert str(get.request.url).endswith("/base/v1/tasks/task%2F1") and get.idempotent
+    headers = get.request.headers
+    assert headers["authorization"] == "Bearer rs_test_k"
+    assert headers["user-agent"].startswith("reelserve-python/")
+    assert headers["x-trace"] == "t1"  # the caller's httpx client's own headers still apply
+    assert not offline._cancel_call("task_1").idempotent
+    listing = offline._list_page_call(None, "sandbox", 5, None).request
+    assert dict(listing.url.params) == {"model": "sandbox", "limit": "5"}
+    events = offline._events_request("task_1", None)
+    assert events.headers["accept"] == "text/event-stream"
+    assert events.extensions["timeout"]["read"] == 60.0
+    # A file link carries no key: it is signed, and may live on another host.
+    download = offline._plan_download("https://cdn.example/v.mp4?sig=1", "out/v.mp4", 0)
+    assert "authorization" not in download.request.headers
+    assert download.part == Path("out/.v.mp4.part")
+
+
+def test_submit_body_and_idempotency_keys(offline: Client) -> None:
+    png = io.BytesIO()
+    Image.new("RGB", (2, 2)).save(png, "PNG")
+    fields = SubmitFields(duration=4, seed=None, first_frame_image=png.getvalue())
+    first = offline._submit_call(MODEL, PROMPT, {**fields, "extra": {"x_note": 1}})
+    body = json.loads(first.request.content)
+    assert body["duration"] == 4 and body["x_note"] == 1 and "seed" not in body
+    assert body["first_frame_image"].startswith("data:image/png;base64,")
+    second = offline._submit_call(MODEL, PROMPT, fields)
+    keys = {c.request.headers["idempotency-key"] for c in (first, second)}
+    assert len(keys) == 2 and all(k.startswith("rsdk-") for k in keys)
+    mine = offline._submit_call(MODEL, PROMPT, {"idempotency_key": "order-7"})
+    assert mine.request.headers["idempotency-key"] == "order-7"
+    assert "idempotency_key" not in json.loads(mine.request.content)
+    with pytest.raises(
+        TypeError, match=r"Client\.submit\(\) got an unexpected keyword argument 'durration'"
+    ):
+        offline.submit(MODEL, PROMPT, durration=4)  # type: ignore[call-arg]
+
+
+def test_retry_decisions(offline: Client) -> None:
+    get, cancel = offline._get_call("task_1"), offline._cancel_call("task_1")
+
+    def answer(status: int, retry_after: str | None = None) -> httpx.Response:
+        headers = {"Retry-After": retry_after} if retry_after is not None else {}
+        return httpx.Response(status, headers=headers, request=get.request)
+
+    assert offline._delay_after(get, 0, answer(429, "7")) == 7.0
+    assert offline._delay_after(get, 0, answer(429, "3600")) is None  # longer than it waits
+    assert 0.375 <= (offline._delay_after(get, 0, answer(503)) or 0) <= 0.625
+    assert 0.75 <= (offline._delay_after(get, 1, answer(502)) or 0) <= 1.25
+    assert offline._delay_after(get, 2, answer(503)) is None  # max_retries=2 spent
+    assert offline._delay_after(get, 0, answer(500)) is None
+    assert offline._delay_after(get, 0, answer(200)) is None
+    assert offline._delay_after(cancel, 0, answer(503)) is None  # it may have been done
+    assert offline._delay_after(cancel, 0, answer(429, "1")) == 1.0
+    refused, cut = httpx.ConnectError("refused"), httpx.ReadTimeout("cut")
+    assert offline._delay_after_error(get, 0, cut) > 0
+    assert offline._delay_after_error(cancel, 0, refused) > 0  # never reached the server
+    with pytest.raises(APIConnectionError, match=r"POST .*/cancel: cut"):
+        offline._delay_after_error(cancel, 0, cut)
+    with pytest.raises(APIConnectionError, match="refused"):
+        offline._delay_after_error(get, 2, refused)
+
+
+def _view(status: str, progress: int) -> Task:
+    return Task.from_dict({"id": "task_1", "status": status, "progress": progress})
+
+
+def test_wait_decisions() -> None:
+    updates: list[Task] = []
+    waiter = Waiter("task_1", None, updates.append, 0.5, 2.0, True)
+    for status, progress in [("pending", 0), ("pending", 0), ("processing", 40)]:
+        waiter.seen(_view(status, progress))
+    assert [(t.status, t.progress) for t in updates] == [("pending", 0), ("processing", 40)]
+    assert waiter.done is None
+    assert [waiter.poll_delay() for _ in range(6)] == [0.5, 0.75, 1.125, 1.6875, 2.0, 2.0]
+    # A stream that ends or breaks is followed again twice, then given up for polling.
+    assert waiter.reconnect_delay() == 0.25
+    assert waiter.reconnect_delay(httpx.ReadError("reset")) == 0.5
+    assert waiter.reconnect_delay(APIConnectionError("reset")) is None
+    missing = NotFoundError("no route", status_code=404, type="invalid_request_error")
+    assert Waiter("task_1", None, None, 1, 1, True).reconnect_delay(missing) is None
+    denied = AuthenticationError("revoked", status_code=401, type="authentication_error")
+    with pytest.raises(AuthenticationError):
+        Waiter("task_1", None, None, 1, 1, True).reconnect_delay(denied)
+    with pytest.raises(RuntimeError, match="a bug in on_update"):
+        Waiter("task_1", None, None, 1, 1, True).reconnect_delay(RuntimeError("a bug in on_update"))
+    waiter.seen(_view("failed", 40))
+    assert waiter.done is not None and waiter.reconnect_delay() is None
+    with pytest.raises(TaskFailed):
+        waiter.result()
+    lenient = Waiter("task_1", None, None, 1, 1, False)
+    lenient.seen(_view("cancelled", 0))
+    assert lenient.result().status == "cancelled"
+    late = Waiter(_view("pending", 0), 0.0, None, 1, 1, True)
+    late.seen(_view("pending", 0))
+    with pytest.raises(WaitTimeout) as timed_out:
+        late.poll_delay()
+    assert timed_out.value.task == _view("pending", 0) and timed_out.value.task_id == "task_1"
+
+
+def test_event_reader() -> None:
+    reader = EventReader(None)
+    lines = [": keep-alive", "", "id: 1", "event: status"]
+    lines += ['data: {"id": "task_1", "status": "processing",', 'data: "progress": 10}', ""]
+    seen = [task for task in map(reader.feed, lines) if task is not None]
+    assert [(t.status, t.progress) for t in seen] == [("processing", 10)] and not reader.done
+    assert reader.feed('data: {"id": "task_1", "status": "completed", "progress": 100}') is None
+    assert reader.feed("").status == "completed" and reader.done  # type: ignore[union-attr]
+    expired = EventReader(deadline=0.0)  # a deadline long past
+    assert expired.feed(": keep-alive") is None and expired.done

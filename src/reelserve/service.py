@@ -24,6 +24,7 @@ from reelserve.domain.spec import GenerationSpec, parse_generation_request
 from reelserve.domain.task import TaskStatus
 from reelserve.media.images import FetchPolicy, ImageInputError, check_image_source
 from reelserve.metrics import Metrics
+from reelserve.net.guard import OutboundError, check_destination
 from reelserve.providers.base import Capabilities, Provider
 from reelserve.providers.registry import (
     SANDBOX,
@@ -268,8 +269,8 @@ class Reelserve:
                 param="webhook_url",
             )
         try:
-            await check_image_source(url, "webhook_url", self.webhook_policy())
-        except ImageInputError as exc:
+            await check_destination(url, "webhook_url", self.webhook_policy())
+        except OutboundError as exc:
             raise InvalidRequest(exc.message, param="webhook_url") from None
 
     async def task_webhooks(self, key: ApiKey, task_id: str) -> list[dict[str, Any]]:

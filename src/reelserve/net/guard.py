@@ -2,24 +2,20 @@
 
 A server that requests URLs for strangers - input images, webhook targets - is an SSRF target:
 without care, `http://169.254.169.254/` (cloud metadata), `http://localhost:6379/` or an
-intranet host becomes reachable by anyone who can submit a task. This module is the one place
-that decides what such a request may reach and makes sure it reaches only that:
+intranet host becomes reachable by anyone who can submit a task. This package is the one place
+that decides what such a request may reach and makes sure it reaches only that; this module
+decides:
 
 * Only `http` and `https`, with a host and no credentials (`parse_http_url`).
-* The host is resolved by *us*, once per hop (`check_url`): IP literals in every spelling the OS
-  resolver accepts (`2130706433`, `0177.0.0.1`, `0x7f.1`, `[::ffff:127.0.0.1]`) are parsed as
-  the address they denote, never passed on as opaque names; other names go through
+* The host is resolved by *us*, once per hop (`check_url`; `check_destination` parses and
+  checks a client's URL in one step, e.g. a webhook target at submit): IP literals in every
+  spelling the OS resolver accepts are parsed as the address they denote
+  (`net.addresses.parse_ipv4_like`), never passed on as opaque names; other names go through
   `resolve_overrides` or the system resolver. EVERY resolved address must be public unicast
-  (see `_classify`), unless the operator allowed the host name or the network. A refusal is an
-  `AddressRefused`; every other problem an `OutboundError`.
-* The connection goes to the address that was checked (`pinned_request`): the IP is put into
-  the request URL, the original name into the `Host` header and the TLS SNI/certificate check,
-  so a DNS answer that changes between check and connect (DNS rebinding) cannot redirect us. A
-  fresh transport per request means no pooled connection (whose certificate was checked for
-  another name) is ever reused, env proxies are ignored (a proxy would do its own resolution
-  and defeat the address check) and httpx follows no redirects.
-* Redirects, where a caller follows them at all, are followed by hand (`follow_redirects`), at
-  most `max_redirects`, and every hop is checked again.
+  (`net.addresses.classify`), unless the operator allowed the host name or the network. A
+  refusal is an `AddressRefused`; every other problem an `OutboundError`.
+* The connection then goes to the address that was checked, and redirects are checked again
+  hop by hop: `net.transport` (`pinned_request`, `follow_redirects`).
 
 Errors carry a message that is safe to show the client: it names the field (`param`) and says
 what was wrong, without revealing what *our* resolver thinks internal names resolve to.
@@ -28,22 +24,27 @@ what was wrong, without revealing what *our* resolver thinks internal names reso
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
 import ipaddress
-import re
 import socket
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TypeVar
 from urllib.parse import urlsplit
 
 import httpx
 
 from reelserve import __version__
-
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+from reelserve.net.addresses import (
+    ALWAYS_REFUSED,
+    IPAddress,
+    classify,
+    config_host,
+    connect_address,
+    normalise_name,
+    parse_ipv4_like,
+    show,
+    valid_hostname,
+)
 
 MIB = 1024 * 1024
 DEFAULT_MAX_BYTES = 20 * MIB
@@ -52,21 +53,15 @@ DEFAULT_MAX_PIXELS = 40_000_000
 """40 MP: above any phone camera, far below what would exhaust memory (about 120 MB as RGB)."""
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
-_REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
-_LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
-_HOSTNAME_RE = re.compile(rf"^{_LABEL}(?:\.{_LABEL})*$")
-_IPV4_NUMBER_RE = re.compile(r"^(?:0[xX][0-9a-fA-F]*|[0-9]+)$")
-
-T = TypeVar("T")
 
 
 class OutboundError(Exception):
     """A client-supplied URL is unusable: invalid, refused address, failed lookup or request.
 
     `message` is client-safe and starts with the field name; `param` is that field (e.g.
-    `first_frame_image`, `webhook_url`). `media.images` uses this very class as its
-    `ImageInputError` (an alias, so one `except` catches a refused image URL and an undecodable
-    image alike); see there for how the API and the worker report it.
+    `first_frame_image`, `webhook_url`). Only this package raises it: the image fetcher turns
+    it into its own `media.images.ImageInputError`, so code that checks or sends to a webhook
+    URL catches this error and never an image's.
     """
 
     def __init__(self, message: str, param: str) -> None:
@@ -121,7 +116,7 @@ class FetchPolicy:
         overrides: dict[str, IPAddress] = {}
         for name, address in self.resolve_overrides.items():
             try:
-                overrides[_config_host(name)] = ipaddress.ip_address(address.strip("[]"))
+                overrides[config_host(name)] = ipaddress.ip_address(address.strip("[]"))
             except ValueError:
                 raise ValueError(
                     f"resolve_overrides: {address!r} (for {name!r}) is not an IP address"
@@ -132,170 +127,16 @@ class FetchPolicy:
             raise ValueError("total_timeout must be positive")
         object.__setattr__(self, "_networks", networks)
         object.__setattr__(self, "_overrides", overrides)
-        object.__setattr__(self, "_hosts", frozenset(_config_host(h) for h in self.allow_hosts))
+        object.__setattr__(self, "_hosts", frozenset(config_host(h) for h in self.allow_hosts))
 
     def host_allowed(self, host: str) -> bool:
-        host = _config_host(host)
+        host = config_host(host)
         if host in self._hosts:
             return True
         return any(p.startswith("*.") and host.endswith(p[1:]) for p in self._hosts)
 
     def network_allowed(self, address: IPAddress) -> bool:
         return any(address in network for network in self._networks)
-
-
-# --------------------------------------------------------------------------------------------
-# Address classification
-
-
-def _networks(*cidrs: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
-    return tuple(ipaddress.ip_network(c) for c in cidrs)
-
-
-# Ordered: the first match names the refusal. Written out rather than trusting `is_global`
-# alone, whose lists differ between Python versions (3.11 calls ::8.8.8.8, fec0::1 and
-# 192.0.0.9 global); `is_global` stays as the final catch-all.
-_V4_RULES: tuple[tuple[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...], str], ...] = (
-    (_networks("0.0.0.0/32"), "unspecified"),
-    (_networks("0.0.0.0/8"), "reserved"),
-    (_networks("127.0.0.0/8"), "loopback"),
-    (_networks("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"), "private"),
-    (_networks("100.64.0.0/10"), "shared (carrier-grade NAT)"),
-    (_networks("169.254.0.0/16"), "link-local"),
-    (_networks("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24"), "documentation"),
-    (_networks("198.18.0.0/15"), "benchmarking"),
-    (_networks("192.0.0.0/24", "192.88.99.0/24"), "reserved"),
-    (_networks("224.0.0.0/4"), "multicast"),
-    (_networks("255.255.255.255/32"), "broadcast"),
-    (_networks("240.0.0.0/4"), "reserved"),
-)
-_V6_RULES: tuple[tuple[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...], str], ...] = (
-    (_networks("::/128"), "unspecified"),
-    (_networks("::1/128"), "loopback"),
-    (_networks("64:ff9b:1::/48"), "private (local-use NAT64)"),
-    (_networks("fc00::/7", "fec0::/10"), "private"),
-    (_networks("fe80::/10"), "link-local"),
-    (_networks("ff00::/8"), "multicast"),
-    (_networks("2001:db8::/32", "3fff::/20"), "documentation"),
-    (_networks("2001:2::/48"), "benchmarking"),
-    (_networks("2001::/32"), "Teredo tunnel"),
-    (_networks("100::/64", "2001::/23", "5f00::/16"), "reserved"),
-)
-_NAT64 = ipaddress.ip_network("64:ff9b::/96")
-_V4_COMPATIBLE = ipaddress.ip_network("::/96")
-_GLOBAL_UNICAST_V6 = ipaddress.ip_network("2000::/3")
-# Never fetchable, even from an allowed host or network.
-_ALWAYS_REFUSED = frozenset({"unspecified", "broadcast", "multicast"})
-
-
-def _classify_v4(address: ipaddress.IPv4Address) -> str | None:
-    for networks, label in _V4_RULES:
-        if any(address in n for n in networks):
-            return label
-    return None if address.is_global else "non-public"
-
-
-def _classify(address: IPAddress) -> str | None:
-    """Why `address` may not be fetched (a label such as "private"), or None if it is public.
-
-    IPv6 forms that carry an IPv4 address (mapped, compatible, NAT64, 6to4, Teredo) are judged
-    by the IPv4 address they lead to, because that is where the packets end up.
-    """
-    if isinstance(address, ipaddress.IPv4Address):
-        return _classify_v4(address)
-    if address.ipv4_mapped is not None:
-        label = _classify_v4(address.ipv4_mapped)
-        return None if label is None else f"IPv4-mapped {label}"
-    if address in _NAT64:
-        label = _classify_v4(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
-        return None if label is None else f"NAT64 {label}"
-    if address.sixtofour is not None:
-        label = _classify_v4(address.sixtofour)
-        if label is not None:
-            return f"6to4 {label}"
-    if address.teredo is not None:
-        for embedded in address.teredo:
-            label = _classify_v4(embedded)
-            if label is not None:
-                return f"Teredo {label}"
-    for networks, label in _V6_RULES:
-        if any(address in n for n in networks):
-            return label
-    if address in _V4_COMPATIBLE:
-        # Deprecated IPv4-compatible form (::a.b.c.d): name the embedded address's problem.
-        label = _classify_v4(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
-        return f"IPv4-compatible {label}" if label is not None else "reserved"
-    if address not in _GLOBAL_UNICAST_V6:
-        return "reserved"
-    return None if address.is_global else "non-public"
-
-
-def _show(address: IPAddress) -> str:
-    """Display form; IPv4-mapped addresses as `::ffff:a.b.c.d` on every Python version."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return f"::ffff:{address.ipv4_mapped}"
-    return str(address)
-
-
-def _connect_address(address: IPAddress) -> IPAddress:
-    """The address to actually connect to: an IPv4-mapped IPv6 address means its IPv4 address."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
-
-
-# --------------------------------------------------------------------------------------------
-# Host parsing and resolution
-
-
-def _normalise_name(host: str) -> str:
-    host = host.strip().lower()
-    return host[:-1] if host.endswith(".") and len(host) > 1 else host
-
-
-def _config_host(host: str) -> str:
-    """A configured host name in the form URLs are compared in: lower-case ASCII (IDNA)."""
-    host = _normalise_name(host)
-    prefix = "*." if host.startswith("*.") else ""
-    try:
-        return prefix + host[len(prefix) :].encode("idna").decode("ascii")
-    except UnicodeError:
-        return host
-
-
-def _parse_ipv4_like(host: str) -> ipaddress.IPv4Address | None:
-    """Parse `host` the way inet_aton / getaddrinfo (and browsers) read IPv4 literals.
-
-    1 to 4 dot-separated parts, each decimal, octal (leading 0) or hex (0x); the last part fills
-    the remaining bytes: `2130706433`, `0177.0.0.1`, `0x7f.1`, `127.1` are all 127.0.0.1.
-    Returns None when `host` is a name. Raises ValueError for a host that ends in a number but
-    is no valid address (`1.2.3.999`, `08.0.0.1`, `foo.123`): the OS might read those in some
-    other way, so they are refused rather than guessed at (as the WHATWG URL standard does).
-    """
-    labels = host.split(".")
-    if len(labels) > 1 and labels[-1] == "":
-        labels = labels[:-1]
-    if not _IPV4_NUMBER_RE.match(labels[-1]):
-        return None
-    if len(labels) > 4:
-        raise ValueError("too many parts")
-    numbers: list[int] = []
-    for label in labels:
-        if re.fullmatch(r"0[xX][0-9a-fA-F]{0,8}", label):
-            numbers.append(int(label[2:] or "0", 16))
-        elif re.fullmatch(r"0[0-7]{1,11}", label):
-            numbers.append(int(label, 8))
-        elif re.fullmatch(r"0|[1-9][0-9]{0,9}", label):
-            numbers.append(int(label))
-        else:
-            raise ValueError(f"bad part {label!r}")
-    *leading, last = numbers
-    if any(n > 255 for n in leading) or last >= 256 ** (4 - len(leading)):
-        raise ValueError("part out of range")
-    value = last
-    for index, number in enumerate(leading):
-        value |= number << (8 * (3 - index))
-    return ipaddress.IPv4Address(value)
 
 
 @dataclass(frozen=True)
@@ -336,7 +177,7 @@ def _refusal(where: str, label: str, shown: str | None, param: str) -> OutboundE
     )
 
 
-def _unparsable(url: str, param: str, policy: FetchPolicy, *, redirect: bool) -> OutboundError:
+def invalid_url(url: str, param: str, policy: FetchPolicy, *, redirect: bool) -> OutboundError:
     """The error for a URL httpx cannot parse.
 
     httpx refuses some IPv4 spellings that the OS resolver accepts (`0177.0.0.1`, `1.02.3.4`);
@@ -344,12 +185,12 @@ def _unparsable(url: str, param: str, policy: FetchPolicy, *, redirect: bool) ->
     """
     try:
         host = urlsplit(url).hostname
-        v4 = _parse_ipv4_like(host) if host else None
+        v4 = parse_ipv4_like(host) if host else None
     except ValueError:
         host, v4 = None, None
     if host is not None and v4 is not None:
         where = _where(param, host, redirect=redirect)
-        label = _classify(v4)
+        label = classify(v4)
         if label is not None and not policy.network_allowed(v4):
             return _refusal(where, label, str(v4), param)
         return OutboundError(f"{where} must be written as {v4}", param)
@@ -367,7 +208,7 @@ def parse_http_url(
     try:
         parsed = url if isinstance(url, httpx.URL) else httpx.URL(url)
     except (httpx.InvalidURL, ValueError, TypeError):
-        raise _unparsable(str(url), param, policy, redirect=redirect) from None
+        raise invalid_url(str(url), param, policy, redirect=redirect) from None
     scheme = parsed.scheme.lower()
     if scheme not in _DEFAULT_PORTS:
         shown = scheme or "none"
@@ -408,13 +249,13 @@ async def _resolve(
         except ValueError:
             raise OutboundError(f"{where} is not a valid IPv6 address", param) from None
     try:
-        v4 = _parse_ipv4_like(host)
+        v4 = parse_ipv4_like(host)
     except ValueError:
         raise OutboundError(f"{where} is not a valid IPv4 address or host name", param) from None
     if v4 is not None:
         return (v4,), True
-    name = _normalise_name(host)
-    if len(name) > 253 or not _HOSTNAME_RE.match(name):
+    name = normalise_name(host)
+    if not valid_hostname(name):
         raise OutboundError(f"{where} is not a valid host name", param)
     override = policy._overrides.get(name)
     if override is not None:
@@ -451,104 +292,29 @@ async def check_url(url: httpx.URL, param: str, policy: FetchPolicy, *, hop: int
     port = url.port or _DEFAULT_PORTS[scheme]
     where = _where(param, raw, redirect=hop > 0)
     addresses, literal = await _resolve(raw, port, where, param, policy)
-    host = str(addresses[0]) if literal else _normalise_name(raw)
+    host = str(addresses[0]) if literal else normalise_name(raw)
     host_allowed = not literal and policy.host_allowed(host)
     for address in addresses:
-        label = _classify(address)
+        label = classify(address)
         if label is None:
             continue
-        allowed = host_allowed or policy.network_allowed(_connect_address(address))
-        if allowed and label.split()[-1] not in _ALWAYS_REFUSED:
+        allowed = host_allowed or policy.network_allowed(connect_address(address))
+        if allowed and label.split()[-1] not in ALWAYS_REFUSED:
             continue
         # The address is shown only when the client wrote it (a literal, in whatever spelling);
         # what our resolver says about a *name* stays private, so the API is no DNS oracle.
-        raise _refusal(where, label, _show(address) if literal else None, param)
-    connect = tuple(dict.fromkeys(_connect_address(a) for a in addresses))
+        raise _refusal(where, label, show(address) if literal else None, param)
+    connect = tuple(dict.fromkeys(connect_address(a) for a in addresses))
     return Target(url, scheme, host, literal, port, connect)
 
 
-@functools.cache
-def default_ssl_context() -> ssl.SSLContext:
-    """httpx's default (certifi) context, built once: loading the bundle per request is slow."""
-    return httpx.create_ssl_context()
-
-
-@contextlib.asynccontextmanager
-async def pinned_request(
-    method: str,
-    target: Target,
-    address: IPAddress,
-    policy: FetchPolicy,
-    *,
-    headers: Mapping[str, str],
-    content: bytes | None = None,
-) -> AsyncIterator[httpx.Response]:
-    """Send one request for `target` to the checked `address`; the response, body unread.
-
-    The checked IP goes into the URL, so nothing resolves the name again; the name goes into
-    Host and (for https) into SNI and the certificate check. `headers` come after Host (they
-    must not set it). A bare transport rather than a client: no env proxies or redirect
-    machinery can get involved (httpx's client even parses Location headers it is not asked to
-    follow), and no connection outlives this request: the response and its connection are
-    closed when the block ends. Each network step is bounded by `policy.total_timeout`.
-    """
-    request_url = target.url.copy_with(host=str(address), fragment=None)
-    extensions: dict[str, object] = {"timeout": httpx.Timeout(policy.total_timeout).as_dict()}
-    if target.scheme == "https" and not target.is_literal:
-        extensions["sni_hostname"] = target.host
-    transport = httpx.AsyncHTTPTransport(
-        verify=policy.ssl_context or default_ssl_context(),
-        trust_env=False,
-        retries=0,
-        limits=httpx.Limits(max_connections=1, max_keepalive_connections=0),
-    )
-    async with transport:
-        request = httpx.Request(
-            method,
-            request_url,
-            headers={"Host": target.host_header, **headers},
-            content=content,
-            extensions=extensions,
-        )
-        response = await transport.handle_async_request(request)
-        try:
-            yield response
-        finally:
-            await response.aclose()
-
-
-def redirect_location(
-    response: httpx.Response, target: Target, param: str, policy: FetchPolicy
-) -> httpx.URL | None:
-    """Where `response` redirects to (resolved against `target`'s URL, without fragment), or
-    None when it is no redirect. The URL is not checked yet: `follow_redirects` does that."""
-    status = response.status_code
-    if status not in _REDIRECT_STATUSES:
-        return None
-    location = response.headers.get("location")
-    if not location:
-        raise OutboundError(
-            f"{param} URL answered HTTP {status} without a Location to redirect to", param
-        )
+async def check_destination(url: str, param: str, policy: FetchPolicy) -> Target:
+    """Parse a client-supplied URL and check its host (`parse_http_url`, then `check_url`), the
+    lookup bounded by `policy.total_timeout`: what can be known of a destination before any
+    request is sent. Raises `OutboundError` (`AddressRefused` for a refused address)."""
+    parsed = parse_http_url(url, param, policy, redirect=False)
     try:
-        return target.url.join(location).copy_with(fragment=None)
-    except (httpx.InvalidURL, ValueError, TypeError):
-        raise _unparsable(location, param, policy, redirect=True) from None
-
-
-async def follow_redirects(
-    url: httpx.URL,
-    param: str,
-    policy: FetchPolicy,
-    send: Callable[[Target], Awaitable[T | httpx.URL]],
-) -> T:
-    """Check `url` and run `send` on it; while `send` answers with a URL to redirect to, parse
-    and check that one afresh and run `send` again, at most `policy.max_redirects` times."""
-    for index in range(policy.max_redirects + 1):
-        target = await check_url(url, param, policy, hop=index)
-        result = await send(target)
-        if isinstance(result, httpx.URL):
-            url = parse_http_url(result, param, policy, redirect=True)
-            continue
-        return result
-    raise OutboundError(f"{param} URL redirected more than {policy.max_redirects} times", param)
+        async with asyncio.timeout(policy.total_timeout):
+            return await check_url(parsed, param, policy, hop=0)
+    except TimeoutError:
+        raise OutboundError(f"{param} host could not be resolved in time", param) from None

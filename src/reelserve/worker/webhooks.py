@@ -42,8 +42,8 @@ from reelserve.net.guard import (
     Target,
     check_url,
     parse_http_url,
-    pinned_request,
 )
+from reelserve.net.transport import pinned_request
 from reelserve.store.webhooks import (
     AttemptOutcome,
     Delivery,

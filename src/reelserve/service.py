@@ -20,6 +20,7 @@ from typing import Any
 from reelserve.domain.errors import Conflict, Gone, InvalidRequest, NotFound, PermissionDenied
 from reelserve.domain.ids import task_id as new_task_id
 from reelserve.domain.models import ModelEntry
+from reelserve.domain.result import TaskResult
 from reelserve.domain.spec import GenerationSpec, parse_generation_request
 from reelserve.domain.task import TaskStatus
 from reelserve.media.images import FetchPolicy, ImageInputError, check_image_source
@@ -311,11 +312,11 @@ class Reelserve:
             )
         if task.files_expired_at is not None:
             raise Gone(f"the files of task {task.id} have expired")
-        video = task.result["videos"][index]
-        expires_at = int(task.result["expires_at"])
+        video = task.result.videos[index]
+        expires_at = task.result.expires_at
         if variant == "thumbnail":
-            return self.signer.sign(FileGrant(video["thumbnail_key"], "image/jpeg", expires_at))
-        return self.signer.sign(FileGrant(video["video_key"], "video/mp4", expires_at))
+            return self.signer.sign(FileGrant(video.thumbnail_key, "image/jpeg", expires_at))
+        return self.signer.sign(FileGrant(video.video_key, "video/mp4", expires_at))
 
     async def get_task(self, key: ApiKey, task_id: str) -> TaskRecord:
         task = await self.queue.get(task_id, key.id)
@@ -340,7 +341,7 @@ class Reelserve:
         view = await self.task_view(task, base_url, queue_position=position)
         ttl = FINISHED_VIEW_CACHE_SECONDS
         if task.result is not None and task.files_expired_at is None:
-            ttl = min(ttl, float(task.result["expires_at"]) - time.time())
+            ttl = min(ttl, task.result.expires_at - time.time())
         if task.status.finished and ttl > 0:
             self._finished_views[cache_key] = (now + ttl, view)
             if len(self._finished_views) > FINISHED_VIEW_CACHE_SIZE:
@@ -413,34 +414,32 @@ class Reelserve:
             }
         return view
 
-    def _result_view(self, result: dict[str, Any], base_url: str) -> dict[str, Any]:
+    def _result_view(self, result: TaskResult, base_url: str) -> dict[str, Any]:
         base = (self.settings.public_url or base_url).rstrip("/")
-        expires_at = int(result["expires_at"])
+        expires_at = result.expires_at
         videos = []
-        for video in result["videos"]:
-            video_token = self.signer.sign(FileGrant(video["video_key"], "video/mp4", expires_at))
-            thumb_token = self.signer.sign(
-                FileGrant(video["thumbnail_key"], "image/jpeg", expires_at)
-            )
+        for video in result.videos:
+            video_token = self.signer.sign(FileGrant(video.video_key, "video/mp4", expires_at))
+            thumb_token = self.signer.sign(FileGrant(video.thumbnail_key, "image/jpeg", expires_at))
             videos.append(
                 {
                     "url": [f"{base}/v1/files/{video_token}"],
                     "expires_at": expires_at,
                     "thumbnail_url": f"{base}/v1/files/{thumb_token}",
-                    "duration": video["duration"],
-                    "width": video["width"],
-                    "height": video["height"],
-                    "fps": video["fps"],
-                    "has_audio": video["has_audio"],
-                    "seed": video["seed"],
-                    "person_generation": video.get("person_generation"),
-                    "size_bytes": video["size_bytes"],
+                    "duration": video.duration,
+                    "width": video.width,
+                    "height": video.height,
+                    "fps": video.fps,
+                    "has_audio": video.has_audio,
+                    "seed": video.seed,
+                    "person_generation": video.person_generation,
+                    "size_bytes": video.size_bytes,
                     "content_type": "video/mp4",
                 }
             )
         view: dict[str, Any] = {"videos": videos}
-        if result.get("withheld"):
-            view["withheld"] = result["withheld"]
+        if result.withheld:
+            view["withheld"] = [w.to_json() for w in result.withheld]
         return view
 
     def open_file(self, token: str) -> OpenedFile:

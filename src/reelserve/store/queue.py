@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from reelserve.domain.result import TaskResult
 from reelserve.domain.task import ErrorCode, TaskStatus
 from reelserve.store.db import begin_write
 from reelserve.store.reads import SqliteReader, sqlite_path
@@ -52,7 +53,7 @@ class TaskRecord:
     progress: int
     spec: dict[str, Any]
     checkpoint: dict[str, Any] | None
-    result: dict[str, Any] | None
+    result: TaskResult | None
     error_code: str | None
     error_message: str | None
     estimated_time: int
@@ -74,6 +75,7 @@ class TaskRecord:
         values = dict(row._mapping)
         values["status"] = TaskStatus(values["status"])
         values["cancel_requested"] = bool(values["cancel_requested"])
+        values["result"] = _result(values["result"])
         return cls(**values)
 
     @classmethod
@@ -82,15 +84,24 @@ class TaskRecord:
         with an empty spec and no checkpoint (neither is part of the view)."""
         values["status"] = TaskStatus(values["status"])
         values["cancel_requested"] = bool(values["cancel_requested"])
+        values["result"] = _result(values["result"])
         return cls(**values, spec={}, checkpoint=None)
 
     @classmethod
     def view_from_raw(cls, row: tuple[Any, ...]) -> TaskRecord:
         """`for_view` from a plain DB-API row in `VIEW_COLUMNS` order (result still as text)."""
         values = dict(zip(VIEW_COLUMNS, row, strict=True))
-        if isinstance(values["result"], str):
-            values["result"] = json.loads(values["result"])
         return cls.for_view(values)
+
+
+def _result(value: object) -> TaskResult | None:
+    """The result column as stored (JSON, or its text from a plain DB-API row) -> TaskResult."""
+    if isinstance(value, str):
+        value = json.loads(value)  # JSON's null included: SQLAlchemy stores None as 'null'
+    if value is None:
+        return None
+    assert isinstance(value, dict)
+    return TaskResult.from_json(value)
 
 
 # What a task's public view needs: every column but the spec (it can hold data-URL images of
@@ -544,7 +555,7 @@ class TaskQueue:
             )
         return bool(done.rowcount)
 
-    async def complete(self, task_id: str, token: str, result: dict[str, Any]) -> bool:
+    async def complete(self, task_id: str, token: str, result: TaskResult) -> bool:
         now = time.time()
         async with begin_write(self.engine) as conn:
             done = await conn.execute(
@@ -553,7 +564,7 @@ class TaskQueue:
                 .values(
                     status=COMPLETED,
                     progress=100,
-                    result=result,
+                    result=result.to_json(),
                     finished_at=now,
                     updated_at=now,
                     lease_expires_at=None,

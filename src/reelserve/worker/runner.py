@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from reelserve.domain.result import StoredVideo, TaskResult
 from reelserve.domain.spec import GenerationSpec
 from reelserve.domain.task import ErrorCode
 from reelserve.media.video import probe_video, write_thumbnail
@@ -461,10 +462,10 @@ class Worker:
         spec: GenerationSpec,
         clips: list[Clip],
         withheld: list[Withheld],
-    ) -> dict[str, Any]:
+    ) -> TaskResult:
         storage = self.parts.storage
 
-        def _finish(index: int, clip: Clip) -> dict[str, Any]:
+        def _finish(index: int, clip: Clip) -> StoredVideo:
             info = probe_video(clip.path)
             thumb = clip.path.with_suffix(".jpg")
             write_thumbnail(clip.path, thumb)
@@ -472,32 +473,27 @@ class Worker:
             thumb_key = f"{task.id}/{index}.jpg"
             size = storage.put_file(video_key, clip.path)
             storage.put_file(thumb_key, thumb)
-            return {
-                "video_key": video_key,
-                "thumbnail_key": thumb_key,
-                "duration": round(info.duration, 3),
-                "width": info.width,
-                "height": info.height,
-                "fps": round(info.fps, 3),
-                "has_audio": info.has_audio,
-                "seed": clip.seed,
-                "person_generation": clip.person_generation,
-                "size_bytes": size,
-            }
+            return StoredVideo(
+                video_key=video_key,
+                thumbnail_key=thumb_key,
+                duration=round(info.duration, 3),
+                width=info.width,
+                height=info.height,
+                fps=round(info.fps, 3),
+                has_audio=info.has_audio,
+                seed=clip.seed,
+                person_generation=clip.person_generation,
+                size_bytes=size,
+            )
 
         videos = []
         for index, clip in enumerate(clips):
             videos.append(await asyncio.to_thread(_finish, index, clip))
-        result: dict[str, Any] = {
-            "videos": videos,
-            "expires_at": int(time.time()) + self.settings.result_ttl,
-        }
-        if withheld:
-            result["withheld"] = [
-                {"code": w.code, "count": w.count, "message": w.message, "reasons": list(w.reasons)}
-                for w in withheld
-            ]
-        return result
+        return TaskResult(
+            videos=tuple(videos),
+            expires_at=int(time.time()) + self.settings.result_ttl,
+            withheld=tuple(withheld),
+        )
 
     async def _record_usage(
         self,
@@ -505,11 +501,11 @@ class Worker:
         spec: GenerationSpec,
         provider: Any,
         ctx: TaskContext,
-        result: dict[str, Any],
+        result: TaskResult,
     ) -> None:
         """The task's usage row, written just before it is marked completed (store/usage.py
         counts completed tasks only). A failed write is logged, never fails a finished video."""
-        videos = result["videos"]
+        videos = result.videos
         cost_of = getattr(provider, "usage", None)
         usage = cost_of(spec, ctx.resume_state, len(videos)) if cost_of else Usage()
         row = UsageRecord(
@@ -518,8 +514,8 @@ class Worker:
             model=task.model,
             provider=task.provider,
             videos=len(videos),
-            video_seconds=round(sum(float(v["duration"]) for v in videos), 3),
-            has_audio=any(bool(v["has_audio"]) for v in videos),
+            video_seconds=result.video_seconds,
+            has_audio=result.has_audio,
             cost=usage.cost,
             currency=usage.currency,
             credential=usage.credential,

@@ -82,7 +82,7 @@ def _json(body: dict[str, Any]) -> Response:
 
 
 def _video(task: TaskRecord) -> dict[str, Any]:
-    video = task.result["videos"][0] if task.result and task.result.get("videos") else None
+    video = task.result.videos[0] if task.result and task.result.videos else None
     return compat.video_object(
         task_id=task.id,
         status=task.status.value,
@@ -93,8 +93,8 @@ def _video(task: TaskRecord) -> dict[str, Any]:
         finished_at=task.finished_at,
         error_code=task.error_code,
         error_message=task.error_message,
-        expires_at=int(task.result["expires_at"]) if task.result is not None else None,
-        rendered=(video["width"], video["height"]) if video is not None else None,
+        expires_at=task.result.expires_at if task.result is not None else None,
+        rendered=(video.width, video.height) if video is not None else None,
     )
 
 

@@ -10,8 +10,10 @@ is the local fake.
 from __future__ import annotations
 
 import asyncio
+import logging
+import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -148,3 +150,78 @@ async def test_an_old_attempt_ending_leaves_the_new_attempt_tracked(tmp_path: Pa
     # Handed back (release): no owner, the lease expired now, claimable by the next worker.
     assert current.lease_owner is None and current.releases == 1
     assert (current.lease_expires_at or 0) < time.time()
+
+
+async def _until(check: Callable[[], Awaitable[bool]], what: str, within: float = 60) -> None:
+    deadline = time.monotonic() + within
+    while not await check():
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.05)
+
+
+async def test_a_failing_periodic_job_is_logged_and_the_loop_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The retention sweep meets an expired task whose files directory is a symbolic link out
+    of the storage root, which storage refuses to follow: every sweep fails, and each failure
+    is logged with its traceback, while the worker goes on claiming and running tasks. Once the
+    link is replaced by the directory, the next sweep deletes the files."""
+    caplog.set_level(logging.INFO, logger="reelserve.worker")
+    settings = make_settings(tmp_path / "data", sweep_interval=0.2)
+    service = await Reelserve.open(settings)
+    key, _, _ = await service.create_key("test")
+    body = {"model": "sandbox", "prompt": "p", "duration": 1}
+
+    async def status(task_id: str) -> TaskStatus:
+        return (await service.get_task(key, task_id)).status
+
+    async def done(task_id: str) -> bool:
+        return await status(task_id) is TaskStatus.COMPLETED
+
+    async def sweep_failures() -> int:
+        return sum(
+            1
+            for r in caplog.records
+            if r.getMessage().startswith("the retention sweep failed") and r.exc_info
+        )
+
+    first = await service.submit(key, body)
+    stop = asyncio.Event()
+    running = asyncio.create_task(Worker(service.worker_parts()).run(stop))
+    try:
+        await _until(lambda: done(first.id), "the first task did not complete")
+        files = settings.resolved_media_dir / first.id
+        outside = tmp_path / "outside"
+        shutil.move(files, outside)
+        files.symlink_to(outside, target_is_directory=True)
+        # As if it had finished long ago: its files are due for deletion.
+        async with service.queue.engine.begin() as conn:
+            await conn.execute(
+                tasks.update()
+                .where(tasks.c.id == first.id)
+                .values(finished_at=time.time() - settings.result_ttl - 60)
+            )
+
+        async def failed_twice() -> bool:
+            return await sweep_failures() >= 2
+
+        await _until(failed_twice, "the sweep's failures were not logged")
+        second = await service.submit(key, body)
+        await _until(lambda: done(second.id), "the worker stopped claiming after the failures")
+        assert not running.done()
+
+        files.unlink()
+        shutil.move(outside, files)
+
+        async def swept() -> bool:
+            return (await service.get_task(key, first.id)).files_expired_at is not None
+
+        await _until(swept, "the sweep did not recover")
+        assert not files.exists()
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 30)
+        await service.close()
+    failure = next(r for r in caplog.records if r.getMessage().startswith("the retention sweep"))
+    assert failure.levelno == logging.ERROR and failure.exc_info is not None
+    assert "StorageKeyError" in caplog.text

@@ -1,1 +1,2 @@
-"""The worker: claims tasks, runs them on providers, and never loses one."""
+"""The worker: claims queued work under a lease (task attempts and webhook deliveries) and
+carries each item to its recorded outcome, so that none is lost or done twice."""

@@ -18,8 +18,8 @@ from reelserve.providers.base import InputImages, ProviderError
 from reelserve.store.queue import TaskRecord
 
 if TYPE_CHECKING:
+    from reelserve.worker.context import TaskContext
     from reelserve.worker.parts import WorkerParts
-    from reelserve.worker.runner import TaskContext
 
 _EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp"}
 

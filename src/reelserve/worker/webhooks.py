@@ -1,4 +1,4 @@
-"""Webhook delivery: the loop every worker runs beside its task loop.
+"""Webhook delivery: a lane of every worker's claim loop (`worker/loop.py`), beside its tasks.
 
 It claims due deliveries from the store (`store/webhooks.py`) with a lease, POSTs the task's final
 view to the target, signed the Standard Webhooks way, and records every attempt:
@@ -9,7 +9,7 @@ view to the target, signed the Standard Webhooks way, and records every attempt:
 * Body: exactly what `GET /v1/tasks/{id}` answers for the finished task, frozen at the first
   attempt so every retry sends the same bytes.
 * Addresses: checked again at every attempt with the SSRF guard the image fetcher uses too
-  (`media.netguard`): resolved by us, every address public unless the operator allowed it, and the
+  (`net.guard`): resolved by us, every address public unless the operator allowed it, and the
   connection made to the checked address (no DNS rebinding), no proxies, no redirects followed. A
   refused address is recorded and never retried; a failed lookup is retried like any failure.
 * Retries: a non-2xx answer, a timeout or a connection failure is retried after each delay of
@@ -29,7 +29,6 @@ import logging
 import random
 import secrets
 import time
-from asyncio import FIRST_COMPLETED
 from dataclasses import dataclass
 
 import httpx
@@ -51,6 +50,7 @@ from reelserve.store.webhooks import (
     SecretUnavailable,
     secret_bytes,
 )
+from reelserve.worker.loop import Claimed, Lane
 from reelserve.worker.parts import WorkerParts
 
 log = logging.getLogger("reelserve.webhooks")
@@ -83,75 +83,44 @@ class AttemptResult:
 
 
 class WebhookDeliverer:
+    """Claims due deliveries (the `webhooks` lane of the worker's claim loop) and makes one
+    attempt at each."""
+
+    LANE = "webhooks"
+
     def __init__(self, parts: WorkerParts, *, name: str) -> None:
         self.parts = parts
         self.settings = parts.settings
         self.name = name
-        self.concurrency = self.settings.webhook_concurrency
-        self._wake = asyncio.Event()
-        self._running: set[asyncio.Task[None]] = set()
 
     @property
     def lease_seconds(self) -> float:
         """Long enough for one whole attempt (DNS, connect, send, answer) and its bookkeeping."""
         return self.settings.webhook_timeout + self.settings.lease_seconds
 
-    def wake(self) -> None:
-        """Look for due deliveries now (a task of this process has just finished)."""
-        self._wake.set()
-
-    async def run(self, stop: asyncio.Event) -> None:
-        try:
-            while not stop.is_set():
-                claimed = False
-                if len(self._running) < self.concurrency:
-                    try:
-                        claimed = await self._claim_one()
-                    except Exception:
-                        log.exception("claiming a webhook delivery failed; retrying")
-                if claimed:
-                    continue
-                self._wake.clear()
-                signals = [
-                    asyncio.ensure_future(stop.wait()),
-                    asyncio.ensure_future(self._wake.wait()),
-                ]
-                # Wake on stop, on wake(), when a delivery finishes (a slot frees) or to poll.
-                await asyncio.wait(
-                    [*signals, *self._running],
-                    timeout=self.settings.poll_interval,
-                    return_when=FIRST_COMPLETED,
-                )
-                for fut in signals:
-                    fut.cancel()
-        finally:
-            await self._shutdown()
-
-    async def _shutdown(self) -> None:
-        """Let attempts in flight finish (each is bounded by the timeout), then cancel the rest;
-        a cancelled attempt hands its lease back, so another worker retries it at once."""
-        if not self._running:
-            return
-        _, pending = await asyncio.wait(
-            list(self._running), timeout=self.settings.webhook_timeout + 1
+    def lane(self) -> Lane:
+        """`webhook_concurrency` attempts at once. On stop, attempts in flight may finish (each
+        is bounded by the timeout); a cancelled one hands its lease back, so another worker
+        retries it at once."""
+        return Lane(
+            self.LANE,
+            bound=self.settings.webhook_concurrency,
+            claim=self.claim,
+            grace=self.settings.webhook_timeout + 1,
+            cancel_wait=5,
         )
-        for job in pending:
-            job.cancel()
-        if pending:
-            await asyncio.wait(pending, timeout=5)
 
-    async def _claim_one(self) -> bool:
+    async def claim(self) -> Claimed:
+        """One due delivery, leased to this worker, and the attempt to run; None if none is
+        due (a cheap read first, so an idle worker writes nothing)."""
         store = self.parts.webhooks
         if not await store.has_due():
-            return False
+            return None
         token = f"{self.name}:{secrets.token_hex(4)}"
         delivery = await store.claim(token, lease_seconds=self.lease_seconds)
         if delivery is None:
-            return False
-        job = asyncio.create_task(self._deliver(delivery, token))
-        self._running.add(job)
-        job.add_done_callback(self._running.discard)
-        return True
+            return None
+        return token, self._deliver(delivery, token)
 
     async def _deliver(self, delivery: Delivery, token: str) -> None:
         store = self.parts.webhooks

@@ -1,0 +1,183 @@
+"""One attempt at one task: from the claim to the outcome.
+
+The attempt builds the task's context, fetches its input images, runs its provider, stores the
+clips and records the outcome, every write fenced by the attempt's lease token: completed,
+failed (with the provider's error code, or `internal_error`), cancelled, handed back (the worker
+is stopping) or nothing at all (the lease was lost: another worker owns the task now).
+
+A watchdog bounds what a provider that ignores a stop can cost. A thread cannot be killed, so a
+provider stops only where it checks `ctx.check_cancelled()`; one that does not check (a bug, or
+input that makes one step take hours) is abandoned instead: `stop_timeout` seconds after a
+cancellation or a lost lease its task fails with a `timeout` error (or is left to its new
+owner). A shutdown is bounded by the claim loop's grace period instead (`worker/loop.py`): the
+attempt is cancelled, and hands the task back on its way out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import secrets
+import shutil
+import time
+from collections.abc import Callable, Collection, Coroutine
+from pathlib import Path
+from typing import Any
+
+from reelserve.domain.spec import GenerationSpec
+from reelserve.domain.task import ErrorCode
+from reelserve.providers.base import Clip, InputImages, ProviderError, TaskCancelled
+from reelserve.store.queue import TaskRecord
+from reelserve.worker.context import LeaseLost, TaskContext, WorkerShutdown
+from reelserve.worker.parts import WorkerParts
+from reelserve.worker.results import record_usage, store_results
+
+log = logging.getLogger("reelserve.worker")
+
+
+class Attempts:
+    """Runs attempts, and keeps the context of each one in flight by lease token (a task lost
+    and claimed again by this very worker has two, and the old one's end never touches the
+    new one's)."""
+
+    def __init__(self, parts: WorkerParts, *, on_finished: Callable[[], None]) -> None:
+        self.parts = parts
+        self.settings = parts.settings
+        self.contexts: dict[str, TaskContext] = {}
+        self.completed = 0
+        self._on_finished = on_finished  # a finished task's webhook is due now
+
+    def stop(self, tokens: Collection[str], reason: str) -> None:
+        """Ask the attempts of these lease tokens to stop (`TaskContext.stop`)."""
+        for token in tokens:
+            if (ctx := self.contexts.get(token)) is not None:
+                ctx.stop(reason)
+
+    async def run(self, task: TaskRecord, token: str) -> None:
+        queue = self.parts.queue
+        workdir = await asyncio.to_thread(self._fresh_workdir, task.id)
+        checkpoint = dict(task.checkpoint or {})
+        ctx = TaskContext(
+            task_id=task.id,
+            workdir=workdir,
+            resume_state=checkpoint.get("provider"),
+            images=InputImages(),
+            token=token,
+            _queue=queue,
+            _checkpoint=checkpoint,
+            sent_progress=task.progress,
+        )
+        self.contexts[token] = ctx
+        if task.cancel_requested:
+            ctx.stop("cancel")
+        outcome = "?"
+        claimed_at = time.monotonic()
+        if task.attempts == 1 and task.started_at is not None:
+            self.parts.metrics.task_claimed(task.model, task.started_at - task.created_at)
+        try:
+            outcome = await self._run(task, ctx)
+        except TaskCancelled:
+            await queue.mark_cancelled(task.id, token)
+            outcome = "cancelled"
+        except WorkerShutdown:
+            await queue.release(task.id, token)
+            outcome = "released"
+        except LeaseLost:
+            outcome = "lost"
+        except ProviderError as exc:
+            outcome = "failed"
+            await queue.fail(task.id, token, exc.code, exc.message)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(queue.release(task.id, token))
+            outcome = "released"
+            raise
+        except Exception:
+            log.exception("task %s failed with an internal error", task.id)
+            outcome = "failed"
+            await queue.fail(
+                task.id,
+                token,
+                ErrorCode.INTERNAL_ERROR.value,
+                "an internal error stopped this task; the server log has the details",
+            )
+        finally:
+            self.contexts.pop(token, None)
+            self.parts.metrics.task_attempt_finished(
+                task.model, outcome, time.monotonic() - claimed_at
+            )
+            await asyncio.to_thread(shutil.rmtree, workdir, True)
+            log.info("task %s %s (attempt %d)", task.id, outcome, task.attempts)
+            self._on_finished()
+
+    async def _run(self, task: TaskRecord, ctx: TaskContext) -> str:
+        """The attempt's work, up to `complete`: "completed", or "lost" where the lease was
+        lost meanwhile; a stop or a failure is raised."""
+        provider = self.parts.providers.get(task.provider)
+        if provider is None:
+            raise ProviderError(
+                ErrorCode.PROVIDER_NOT_CONFIGURED,
+                f'provider "{task.provider}" is not available on this worker',
+            )
+        spec = GenerationSpec.model_validate(task.spec)
+        ctx.check_cancelled()
+        ctx.images = await self._inputs(task, spec, ctx)
+        clips = await self._watched(provider.run(spec, ctx), ctx)
+        ctx.check_cancelled()
+        result = await store_results(self.parts, task, clips, ctx.withheld)
+        ctx.check_cancelled()
+        usage = provider.usage(spec, ctx.resume_state, len(clips))
+        await record_usage(self.parts, task, usage, result)
+        if not await self.parts.queue.complete(task.id, ctx.token, result):
+            return "lost"
+        self.completed += 1
+        return "completed"
+
+    async def _watched(self, run: Coroutine[Any, Any, list[Clip]], ctx: TaskContext) -> list[Clip]:
+        """`run` (a provider's), abandoned `stop_timeout` seconds after a cancellation or a lost
+        lease that it ignores."""
+        job = asyncio.ensure_future(run)
+        timeout = self.settings.stop_timeout
+        try:
+            while True:
+                done, _ = await asyncio.wait({job}, timeout=min(1.0, timeout / 4))
+                if done:
+                    return job.result()
+                since = ctx.stopped_at or math.inf
+                if ctx.stop_reason in ("cancel", "lost") and time.monotonic() - since >= timeout:
+                    break
+        except asyncio.CancelledError:
+            job.cancel()
+            raise
+        job.cancel()  # ends the provider's awaits; a thread it waits on runs on, abandoned
+        await asyncio.wait({job}, timeout=1)
+        if ctx.stop_reason == "lost":
+            raise LeaseLost(ctx.task_id)
+        log.error("task %s: the provider ignored the cancellation for %g s", ctx.task_id, timeout)
+        raise ProviderError(
+            ErrorCode.TIMEOUT,
+            f"the task was cancelled, but its provider did not stop within {timeout:g} s; "
+            "the task was failed and the provider's work abandoned",
+        )
+
+    def _fresh_workdir(self, task_id: str) -> Path:
+        """A scratch directory for this attempt, after removing any left by an earlier,
+        interrupted attempt (this worker holds the task's lease now)."""
+        scratch = self.settings.data_dir / "work"
+        for stale in scratch.glob(f"{task_id}.*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        workdir = scratch / f"{task_id}.{secrets.token_hex(3)}"
+        workdir.mkdir(parents=True, exist_ok=True)
+        return workdir
+
+    async def _inputs(
+        self, task: TaskRecord, spec: GenerationSpec, ctx: TaskContext
+    ) -> InputImages:
+        """Fetched, fitted input images (image-to-video); none for text-to-video."""
+        if spec.first_frame_image is None:
+            return InputImages()
+        from reelserve.worker.inputs import load_inputs
+
+        return await load_inputs(self.parts, task, spec, ctx)

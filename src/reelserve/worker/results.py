@@ -1,0 +1,79 @@
+"""A finished attempt's clips, stored: probed, thumbnailed, put in storage, and the task's
+typed result (`domain.result.TaskResult`) and usage row built from them.
+
+Probing, thumbnails and storage writes block, so each clip is finished in a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from reelserve.domain.result import StoredVideo, TaskResult
+from reelserve.media.video import probe_video, write_thumbnail
+from reelserve.providers.base import Clip, Usage, Withheld
+from reelserve.store.queue import TaskRecord
+from reelserve.store.usage import UsageRecord
+from reelserve.worker.parts import WorkerParts
+
+log = logging.getLogger("reelserve.worker")
+
+
+async def store_results(
+    parts: WorkerParts, task: TaskRecord, clips: list[Clip], withheld: list[Withheld]
+) -> TaskResult:
+    storage = parts.storage
+
+    def _finish(index: int, clip: Clip) -> StoredVideo:
+        info = probe_video(clip.path)
+        thumb = clip.path.with_suffix(".jpg")
+        write_thumbnail(clip.path, thumb)
+        video_key = f"{task.id}/{index}.mp4"
+        thumb_key = f"{task.id}/{index}.jpg"
+        size = storage.put_file(video_key, clip.path)
+        storage.put_file(thumb_key, thumb)
+        return StoredVideo(
+            video_key=video_key,
+            thumbnail_key=thumb_key,
+            duration=round(info.duration, 3),
+            width=info.width,
+            height=info.height,
+            fps=round(info.fps, 3),
+            has_audio=info.has_audio,
+            seed=clip.seed,
+            person_generation=clip.person_generation,
+            size_bytes=size,
+        )
+
+    videos = []
+    for index, clip in enumerate(clips):
+        videos.append(await asyncio.to_thread(_finish, index, clip))
+    return TaskResult(
+        videos=tuple(videos),
+        expires_at=int(time.time()) + parts.settings.result_ttl,
+        withheld=tuple(withheld),
+    )
+
+
+async def record_usage(
+    parts: WorkerParts, task: TaskRecord, usage: Usage, result: TaskResult
+) -> None:
+    """The task's usage row, written just before it is marked completed (store/usage.py
+    counts completed tasks only). A failed write is logged, never fails a finished video."""
+    row = UsageRecord(
+        task_id=task.id,
+        api_key_id=task.api_key_id,
+        model=task.model,
+        provider=task.provider,
+        videos=len(result.videos),
+        video_seconds=result.video_seconds,
+        has_audio=result.has_audio,
+        cost=usage.cost,
+        currency=usage.currency,
+        credential=usage.credential,
+    )
+    try:
+        await parts.usage.record(row)
+    except Exception:
+        log.exception("task %s: recording its usage failed", task.id)

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import re
 import signal
-import time
 from collections import Counter
 from pathlib import Path
 
 import sqlalchemy as sa
 
-from tests.support import LiveServer, make_settings, start_worker, submit, wait_task
+from tests.support import LiveServer, make_settings, start_worker, submit, wait_progress, wait_task
 
 
 def test_sigkill_mid_task_loses_nothing(tmp_path: Path) -> None:
@@ -32,13 +31,7 @@ def test_sigkill_mid_task_loses_nothing(tmp_path: Path) -> None:
             ]
             first = start_worker(data_dir, tmp_path / "w1.log")
             # wait until worker 1 is visibly rendering the long task
-            deadline = time.monotonic() + 60
-            while True:
-                view = c.get(f"/v1/tasks/{long_task}").json()["data"]
-                if view["status"] == "processing" and view["progress"] >= 10:
-                    break
-                assert time.monotonic() < deadline, view
-                time.sleep(0.05)
+            view = wait_progress(c, long_task, 10)
             first.send_signal(signal.SIGKILL)
             first.wait(timeout=10)
             killed_at = view["progress"]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import signal
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from reelserve.media.video import decode_frames
-from tests.support import LiveServer, make_settings, start_worker, submit, wait_task
+from tests.support import LiveServer, make_settings, start_worker, submit, wait_progress, wait_task
 
 
 def _png(colour: tuple[int, int, int]) -> bytes:
@@ -58,13 +57,7 @@ def test_resumed_task_does_not_refetch_its_image(tmp_path: Path) -> None:
             body = {"model": "sandbox", "prompt": "p", "duration": 12, "first_frame_image": url}
             task_id = submit(c, body)
             first = start_worker(data_dir, tmp_path / "w1.log")
-            deadline = time.monotonic() + 60
-            while True:
-                view = c.get(f"/v1/tasks/{task_id}").json()["data"]
-                if view["status"] == "processing" and view["progress"] >= 5:
-                    break
-                assert time.monotonic() < deadline, view
-                time.sleep(0.05)
+            wait_progress(c, task_id, 5)  # it fetched the image and is rendering
             first.send_signal(signal.SIGKILL)
             first.wait(timeout=10)
             served["body"] = _png((30, 30, 230))  # the URL now shows another picture

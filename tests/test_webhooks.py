@@ -392,6 +392,39 @@ def test_a_delivery_survives_a_worker_killed_mid_attempt(
         live.stop()
 
 
+def test_a_worker_makes_at_most_webhook_concurrency_deliveries_at_once(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    """Five tasks finish while their receiver holds every request open: the worker has two
+    deliveries in flight (`webhook_concurrency`), no more, and still runs tasks meanwhile (a full
+    delivery lane holds up no other lane of the claim loop); once the receiver answers, the
+    other three go out."""
+    settings = make_settings(
+        tmp_path / "data", **{**FAST, "webhook_timeout": 30.0, "webhook_concurrency": 2}
+    )
+    live = LiveServer(settings).start()
+    receiver.script["/held"] = ["block"] * 5
+    try:
+        key, _ = mint(settings, "bound")
+        with live.client(key) as c:
+            hooked = [submit(c, {**QUICK, "webhook_url": receiver.url("/held")}) for _ in range(5)]
+            for task_id in hooked:
+                assert wait_task(c, task_id)["status"] == "completed"
+            receiver.wait(2, "/held")
+            # Time for a third delivery to start, were the bound not kept; and a task runs.
+            assert wait_task(c, submit(c, QUICK))["status"] == "completed"
+            time.sleep(1.0)
+            assert len(receiver.wait(2, "/held")) == 2
+            receiver.release.set()
+            hits = receiver.wait(5, "/held")
+            for task_id in hooked:
+                assert wait_delivery(c, task_id, ("delivered",))["attempts"][0]["attempt"] == 1
+        assert len({h.headers["webhook-id"] for h in hits}) == 5
+    finally:
+        receiver.release.set()
+        live.stop()
+
+
 # -- the secret: shown once, stored sealed, rotated ----------------------------------------------
 
 

@@ -1,10 +1,11 @@
-"""A worker's bookkeeping: two bounds (tasks that compute here, tasks that wait on a remote
-service), and attempts tracked one by one.
+"""A worker's bookkeeping: the claim loop's bounds (tasks that compute here, tasks that wait on
+a remote service; webhook deliveries are in test_webhooks.py), attempts tracked one by one, and
+periodic jobs whose failures are logged without stopping the loop.
 
-With `worker_concurrency` 1, a sandbox task (compute) holds the worker's one compute slot while
-a dozen Veo tasks (remote: each waits on the fake Google) are all in flight beside it, and a
-second sandbox task waits its turn in the queue. The server is the real app on loopback; Google
-is the local fake.
+With `worker_concurrency` 1 and `worker_remote_concurrency` 10, a sandbox task (compute) holds
+the worker's one compute slot while ten Veo tasks (remote: each waits on the fake Google) are in
+flight beside it; a second sandbox task and two more Veo tasks wait their turn in the queue. The
+server is the real app on loopback; Google is the local fake.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from typing import Any
 import httpx
 import pytest
 
+from reelserve.core import Reelserve
 from reelserve.domain.task import TaskStatus
 from reelserve.providers.base import ProviderBase
-from reelserve.service import Reelserve
 from reelserve.store.tables import tasks
 from reelserve.worker.runner import Worker
 from tests.fakes.google_veo import FakeGoogle, serve
@@ -30,6 +31,7 @@ from tests.support import LiveServer, make_settings, submit, wait_task
 
 KEY = "AIzaSlotsKey0001"
 REMOTE_TASKS = 12
+REMOTE_BOUND = 10
 
 
 @pytest.fixture()
@@ -51,7 +53,12 @@ def test_remote_tasks_do_not_take_compute_slots(fake: FakeGoogle, tmp_path: Path
         "poll_interval": 0.05,
         "poll_max_interval": 0.2,
     }
-    settings = make_settings(tmp_path / "data", worker_concurrency=1, google=google)
+    settings = make_settings(
+        tmp_path / "data",
+        worker_concurrency=1,
+        worker_remote_concurrency=REMOTE_BOUND,
+        google=google,
+    )
     live = LiveServer(settings).start()
     try:
         with live.client(live.mint("live", "slots")) as client:
@@ -67,14 +74,19 @@ def test_remote_tasks_do_not_take_compute_slots(fake: FakeGoogle, tmp_path: Path
                 submit(client, {"model": "veo3.1-fast-official", "prompt": f"v{i}", "duration": 4})
                 for i in range(REMOTE_TASKS)
             ]
-            while len(fake.operations) < REMOTE_TASKS:
+            while len(fake.operations) < REMOTE_BOUND:
                 assert time.monotonic() < deadline, f"{len(fake.operations)} operations started"
                 time.sleep(0.05)
-            # All twelve are in flight upstream at once, beside the compute task, while the
-            # second compute task waits for the one compute slot.
-            assert all(_status(client, t) == "processing" for t in veo)
+            # Ten are in flight upstream at once, beside the compute task, while the second
+            # compute task waits for the one compute slot...
             assert _status(client, busy) == "processing"
             assert _status(client, queued) == "pending"
+            # ... and the other two Veo tasks for a remote slot.
+            time.sleep(1.0)  # time for more to start, were the remote bound not kept
+            assert len(fake.operations) == REMOTE_BOUND
+            statuses = [_status(client, t) for t in veo]
+            assert statuses.count("processing") == REMOTE_BOUND
+            assert statuses.count("pending") == REMOTE_TASKS - REMOTE_BOUND
             fake.finish_all()
             for task_id in [*veo, busy, queued]:
                 assert wait_task(client, task_id, timeout=120)["status"] == "completed"
@@ -119,8 +131,8 @@ async def test_an_old_attempt_ending_leaves_the_new_attempt_tracked(tmp_path: Pa
     service = await Reelserve.open(make_settings(tmp_path / "data", lease_seconds=2.0))
     provider = TwoAttemptsProvider()
     service.providers["sandbox"] = provider
-    key, _, _ = await service.create_key("test")
-    task = await service.submit(key, {"model": "sandbox", "prompt": "p", "duration": 1})
+    key, _, _ = await service.access.create_key("test")
+    task = await service.tasks.submit(key, {"model": "sandbox", "prompt": "p", "duration": 1})
     stop = asyncio.Event()
     running = asyncio.create_task(Worker(service.worker_parts()).run(stop))
     try:
@@ -139,12 +151,12 @@ async def test_an_old_attempt_ending_leaves_the_new_attempt_tracked(tmp_path: Pa
             assert time.monotonic() < deadline, "the task was never claimed again"
             await asyncio.sleep(0.05)
         await asyncio.sleep(1.0)  # attempt 1 finds itself lost and ends
-        current = await service.get_task(key, task.id)
+        current = await service.tasks.get(key, task.id)
         assert current.status is TaskStatus.PROCESSING
     finally:
         stop.set()
         await asyncio.wait_for(running, 30)
-    current = await service.get_task(key, task.id)
+    current = await service.tasks.get(key, task.id)
     await service.close()
     assert provider.second_stopped == "WorkerShutdown"
     # Handed back (release): no owner, the lease expired now, claimable by the next worker.
@@ -169,11 +181,11 @@ async def test_a_failing_periodic_job_is_logged_and_the_loop_goes_on(
     caplog.set_level(logging.INFO, logger="reelserve.worker")
     settings = make_settings(tmp_path / "data", sweep_interval=0.2)
     service = await Reelserve.open(settings)
-    key, _, _ = await service.create_key("test")
+    key, _, _ = await service.access.create_key("test")
     body = {"model": "sandbox", "prompt": "p", "duration": 1}
 
     async def status(task_id: str) -> TaskStatus:
-        return (await service.get_task(key, task_id)).status
+        return (await service.tasks.get(key, task_id)).status
 
     async def done(task_id: str) -> bool:
         return await status(task_id) is TaskStatus.COMPLETED
@@ -185,7 +197,7 @@ async def test_a_failing_periodic_job_is_logged_and_the_loop_goes_on(
             if r.getMessage().startswith("the retention sweep failed") and r.exc_info
         )
 
-    first = await service.submit(key, body)
+    first = await service.tasks.submit(key, body)
     stop = asyncio.Event()
     running = asyncio.create_task(Worker(service.worker_parts()).run(stop))
     try:
@@ -206,7 +218,7 @@ async def test_a_failing_periodic_job_is_logged_and_the_loop_goes_on(
             return await sweep_failures() >= 2
 
         await _until(failed_twice, "the sweep's failures were not logged")
-        second = await service.submit(key, body)
+        second = await service.tasks.submit(key, body)
         await _until(lambda: done(second.id), "the worker stopped claiming after the failures")
         assert not running.done()
 
@@ -214,7 +226,7 @@ async def test_a_failing_periodic_job_is_logged_and_the_loop_goes_on(
         shutil.move(outside, files)
 
         async def swept() -> bool:
-            return (await service.get_task(key, first.id)).files_expired_at is not None
+            return (await service.tasks.get(key, first.id)).files_expired_at is not None
 
         await _until(swept, "the sweep did not recover")
         assert not files.exists()

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shlex
@@ -14,7 +15,10 @@ from pathlib import Path
 
 import httpx
 
-from reelserve.store.db import head_revision
+from reelserve.domain.ids import task_id
+from reelserve.settings import Settings
+from reelserve.store.db import create_engine, head_revision
+from reelserve.store.queue import TaskQueue
 from tests.support import free_port
 
 
@@ -48,6 +52,46 @@ def test_keys_create_list_revoke(tmp_path: Path) -> None:
     migrated = _run("migrate", "--data-dir", data)
     assert migrated.returncode == 0, migrated.stderr
     assert migrated.stdout.strip() == f"database at revision {head_revision()}"
+
+
+async def _queue_two(url: str) -> tuple[str, str]:
+    """Two tasks of two keys in the store; the first is claimed (processing)."""
+    engine = create_engine(url)
+    queue = TaskQueue(engine)
+    try:
+        ids = []
+        for key, model in (("key_a", "sandbox"), ("key_b", "veo3.1-fast-official")):
+            task, _ = await queue.submit(
+                task_id=task_id(),
+                api_key_id=key,
+                model=model,
+                provider="sandbox",
+                spec={"prompt": "x"},
+                estimated_time=5,
+            )
+            ids.append(task.id)
+        assert await queue.claim("w", lease_seconds=30, max_attempts=3) is not None
+        return ids[0], ids[1]
+    finally:
+        queue.close()
+        await engine.dispose()
+
+
+def test_tasks_list_reads_the_store(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    assert _run("migrate", "--data-dir", str(data)).returncode == 0
+    running, waiting = asyncio.run(_queue_two(Settings(data_dir=data).resolved_database_url))
+    wide = {"COLUMNS": "200"}  # a table as wide as its ids
+    listed = _run("tasks", "list", "--data-dir", str(data), env=wide)
+    assert listed.returncode == 0, listed.stderr
+    rows = [line for line in listed.stdout.splitlines() if "task_" in line]
+    assert [row.split()[1] for row in rows] == [waiting, running]  # newest first, every key
+    assert "pending" in rows[0] and "veo3.1-fast-official" in rows[0]
+    assert "processing" in rows[1] and "sandbox" in rows[1]
+    pending = _run("tasks", "list", "--status", "pending", "--data-dir", str(data), env=wide)
+    assert waiting in pending.stdout and running not in pending.stdout
+    newest = _run("tasks", "list", "--limit", "1", "--data-dir", str(data), env=wide)
+    assert waiting in newest.stdout and running not in newest.stdout
 
 
 def test_serve_prints_a_working_curl(tmp_path: Path) -> None:

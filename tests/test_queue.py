@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -11,8 +13,9 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from reelserve.domain.ids import task_id
+from reelserve.domain.result import TaskResult, TaskView
 from reelserve.domain.task import TaskStatus
-from reelserve.store.db import create_engine, upgrade
+from reelserve.store.db import create_engine, current_revision, head_revision, upgrade
 from reelserve.store.queue import CancelOutcome, IdempotencyConflict, TaskQueue
 from tests.databases import database_url
 
@@ -30,6 +33,9 @@ async def queue(db_url: str) -> AsyncIterator[TaskQueue]:
     await upgrade(engine)  # migrating twice is a no-op
     yield TaskQueue(engine)
     await engine.dispose()
+
+
+NO_VIDEOS = TaskResult(videos=(), expires_at=0)
 
 
 async def _submit(queue: TaskQueue, key: str = "key_a", **kw: object) -> str:
@@ -60,9 +66,9 @@ async def test_full_lifecycle_and_fencing(queue: TaskQueue) -> None:
 
     assert await queue.checkpoint(tid, "w1", {"op": "operations/1"})
     assert not await queue.checkpoint(tid, "w2", {"op": "x"})
-    assert not await queue.complete(tid, "w2", {"videos": []})  # not the owner
-    assert await queue.complete(tid, "w1", {"videos": []})
-    assert not await queue.complete(tid, "w1", {"videos": []})  # finished never changes
+    assert not await queue.complete(tid, "w2", NO_VIDEOS)  # not the owner
+    assert await queue.complete(tid, "w1", NO_VIDEOS)
+    assert not await queue.complete(tid, "w1", NO_VIDEOS)  # finished never changes
     assert not await queue.fail(tid, "w1", "internal_error", "late")
     task = await queue.get(tid)
     assert task is not None
@@ -81,8 +87,40 @@ async def test_expired_lease_is_resumed_and_old_owner_fenced(queue: TaskQueue) -
     assert resumed.attempts == 2
     assert resumed.checkpoint == {"step": 3} and resumed.progress == 30
     assert await queue.heartbeat(tid, "dead", lease_seconds=30) == (False, False)
-    assert not await queue.complete(tid, "dead", {"videos": []})
-    assert await queue.complete(tid, "alive", {"videos": []})
+    assert not await queue.complete(tid, "dead", NO_VIDEOS)
+    assert await queue.complete(tid, "alive", NO_VIDEOS)
+
+
+async def test_a_stale_token_is_refused_by_every_fenced_write(queue: TaskQueue) -> None:
+    """The attempt that lost its lease (another attempt resumed the task) can change nothing:
+    not the lease, progress, checkpoint or outcome; and once the task finished, neither can the
+    attempt that finished it."""
+    tid = await _submit(queue)
+    assert await queue.claim("stale", lease_seconds=0.2, max_attempts=3) is not None
+    await asyncio.sleep(0.3)
+    assert await queue.claim("fresh", lease_seconds=30, max_attempts=3) is not None
+    assert await queue.checkpoint(tid, "fresh", {"op": "operations/2"})
+    before = await queue.get(tid)
+
+    assert await queue.heartbeat(tid, "stale", lease_seconds=30, progress=90) == (False, False)
+    assert (
+        await queue.heartbeat_many([(tid, "stale")], lease_seconds=30, progress={"stale": 90}) == {}
+    )
+    assert not await queue.checkpoint(tid, "stale", {"op": "operations/1"})
+    assert not await queue.complete(tid, "stale", NO_VIDEOS)
+    assert not await queue.fail(tid, "stale", "internal_error", "late")
+    assert not await queue.mark_cancelled(tid, "stale")
+    assert not await queue.release(tid, "stale")
+    assert await queue.get(tid) == before  # not one column changed
+
+    assert await queue.fail(tid, "fresh", "upstream_error", "refused")
+    finished = await queue.get(tid)
+    assert finished is not None and finished.status is TaskStatus.FAILED
+    assert not await queue.checkpoint(tid, "fresh", {"op": "x"})
+    assert not await queue.complete(tid, "fresh", NO_VIDEOS)
+    assert not await queue.release(tid, "fresh")
+    assert await queue.heartbeat(tid, "fresh", lease_seconds=30) == (False, False)
+    assert await queue.get(tid) == finished
 
 
 async def test_batched_renewal_is_fenced_per_attempt(queue: TaskQueue) -> None:
@@ -217,3 +255,94 @@ async def test_listing_and_queue_position(queue: TaskQueue) -> None:
     third = await queue.get(ids[2])
     assert third is not None and await queue.queue_position(third) == 2
     assert time.time() - third.created_at < 60
+
+
+_MIGRATE = """
+import asyncio, sys
+from reelserve.store.db import create_engine, upgrade
+
+async def migrate() -> None:
+    engine = create_engine(sys.argv[1])
+    try:
+        await upgrade(engine)
+    finally:
+        await engine.dispose()
+
+asyncio.run(migrate())
+"""
+
+
+def test_concurrent_migrations_of_one_database_all_succeed(db_url: str) -> None:
+    """A server and its workers started together all migrate a fresh database: one applies the
+    migrations while the others wait for its lock, then find nothing left to do."""
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _MIGRATE, db_url], stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(3)
+    ]
+    errors = [proc.communicate(timeout=120)[1] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0] * 3, errors
+
+    async def revision() -> str | None:
+        engine = create_engine(db_url)
+        try:
+            return await current_revision(engine)
+        finally:
+            await engine.dispose()
+
+    assert asyncio.run(revision()) == head_revision()
+
+
+async def test_views_read_what_a_view_needs(queue: TaskQueue) -> None:
+    """A status poll is one read of the view's columns with the queue position; the batch read
+    of the event streams has no position; neither carries the spec."""
+    first, second = await _submit(queue), await _submit(queue)
+    other = await _submit(queue, key="key_b")
+    view = await queue.view(second, "key_a")
+    assert isinstance(view, TaskView)
+    assert view.id == second and view.status is TaskStatus.PENDING and view.queue_position == 1
+    assert await queue.view(second, "key_b") is None  # another key's task is not found
+    assert await queue.view("task_missing", "key_a") is None
+    other_view = await queue.view(other, "key_b")
+    assert other_view is not None and other_view.queue_position == 2  # the queue is shared
+
+    claimed = await queue.claim("w", lease_seconds=30, max_attempts=3)
+    assert claimed is not None and claimed.id == first
+    assert await queue.heartbeat(first, "w", lease_seconds=30, progress=30) == (True, False)
+    running = await queue.view(first, "key_a")
+    assert running is not None and running.queue_position is None and running.progress == 30
+    waiting = await queue.view(second, "key_a")
+    assert waiting is not None and waiting.queue_position == 0
+    assert await queue.queue_position(waiting) == 0
+
+    result = TaskResult(videos=(), expires_at=int(time.time()) + 60)
+    assert await queue.complete(first, "w", result)
+    done = await queue.view(first, "key_a")
+    assert done is not None and done.status is TaskStatus.COMPLETED and done.result == result
+    record = await queue.get(first)
+    assert record is not None and record.view() == done  # a whole row's view is the same
+
+    batch = await queue.views([first, second, other, "task_missing"])
+    assert set(batch) == {first, second, other}
+    assert batch[first] == done and batch[second].queue_position is None
+    assert await queue.views([]) == {}
+
+
+async def test_newest_lists_every_key(queue: TaskQueue) -> None:
+    a, b = await _submit(queue), await _submit(queue, key="key_b")
+    assert [t.id for t in await queue.newest()] == [b, a]
+    assert [t.id for t in await queue.newest(limit=1)] == [b]
+    assert await queue.claim("w", lease_seconds=30, max_attempts=3) is not None
+    assert [t.id for t in await queue.newest(status="processing")] == [a]
+    assert [t.id for t in await queue.newest(status="pending")] == [b]
+
+
+async def test_stats_count_by_model_and_status(queue: TaskQueue) -> None:
+    a = await _submit(queue)
+    await _submit(queue)
+    pending = await queue.get(a)
+    assert await queue.claim("w", lease_seconds=30, max_attempts=3) is not None
+    stats = await queue.stats()
+    assert stats.counts == {("sandbox", "processing"): 1, ("sandbox", "pending"): 1}
+    assert pending is not None and stats.oldest_pending["sandbox"] > pending.created_at

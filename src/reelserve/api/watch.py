@@ -18,19 +18,18 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from reelserve.core import Reelserve
+from reelserve.domain.result import TaskView
 from reelserve.domain.task import TaskStatus
 from reelserve.metrics import Metrics
-from reelserve.service import Reelserve
 from reelserve.store.keys import ApiKey
-from reelserve.store.observe import view_records
-from reelserve.store.queue import TaskRecord
 
 log = logging.getLogger("reelserve.api.watch")
 
 State = tuple[TaskStatus, int]
 
 
-def _state(task: TaskRecord) -> State:
+def _state(task: TaskView) -> State:
     return task.status, task.progress
 
 
@@ -41,17 +40,17 @@ class _Watch:
 
     task_id: str
     last: State
-    latest: TaskRecord | None = None
+    latest: TaskView | None = None
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     closed: bool = False
 
-    def offer(self, task: TaskRecord) -> None:
+    def offer(self, task: TaskView) -> None:
         if _state(task) != self.last:
             self.last = _state(task)
             self.latest = task
             self.changed.set()
 
-    def take(self) -> TaskRecord | None:
+    def take(self) -> TaskView | None:
         task, self.latest = self.latest, None
         self.changed.clear()
         return task
@@ -76,7 +75,7 @@ class TaskWatcher:
     def open_streams(self) -> int:
         return sum(len(w) for w in self._watches.values())
 
-    def _add(self, task: TaskRecord) -> _Watch:
+    def _add(self, task: TaskView) -> _Watch:
         watch = _Watch(task.id, _state(task))
         if self._closed:
             watch.close()
@@ -107,7 +106,7 @@ class TaskWatcher:
                 if not self._watches:
                     break
                 try:
-                    rows = await view_records(self.service.queue.engine, list(self._watches))
+                    rows = await self.service.queue.views(list(self._watches))
                 except Exception:
                     if not failures:
                         log.exception("reading watched tasks failed; retrying")
@@ -136,8 +135,8 @@ class TaskWatcher:
     async def open(self, key: ApiKey, task_id: str, base_url: str) -> TaskEvents:
         """A stream of one of the caller's tasks; `NotFound` (before anything is streamed) for
         an unknown task or another key's."""
-        task = await self.service.get_task(key, task_id)
-        return TaskEvents(self, task, base_url)
+        task = await self.service.tasks.get(key, task_id)
+        return TaskEvents(self, task.view(), base_url)
 
 
 @dataclass(frozen=True)
@@ -155,11 +154,11 @@ class TaskEvents:
     final state. Close it (or use it as an async context manager) to unregister; nothing is
     registered before the first wait for a change."""
 
-    def __init__(self, watcher: TaskWatcher, task: TaskRecord, base_url: str) -> None:
+    def __init__(self, watcher: TaskWatcher, task: TaskView, base_url: str) -> None:
         self._watcher = watcher
         self._service = watcher.service
         self._base_url = base_url
-        self._pending: TaskRecord | None = task  # the first event, not yet handed out
+        self._pending: TaskView | None = task  # the first event, not yet handed out
         self._last = task
         self._sent = False
         self._watch: _Watch | None = None
@@ -199,7 +198,7 @@ class TaskEvents:
         self._sent = True
         self._last = task
         final = task.status.finished
-        view = await self._service.task_view(task, self._base_url)
+        view = await self._service.tasks.render(task, self._base_url)
         if final:
             self.close()
         return TaskEvent(name, view, final)

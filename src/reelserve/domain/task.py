@@ -1,7 +1,8 @@
 """The task state machine: pending -> processing -> completed | failed | cancelled.
 
-A finished task never changes again. The store enforces these transitions in its SQL (every
-update names the states it may leave); this module is the readable statement of the rules.
+A pending task may also be cancelled before any worker claims it. A finished task never changes
+again. The store enforces the transitions in its SQL: every update names the state it may leave
+(store/queue.py).
 """
 
 from __future__ import annotations
@@ -22,20 +23,6 @@ class TaskStatus(StrEnum):
 
 
 FINISHED = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED})
-
-TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
-    TaskStatus.PENDING: frozenset({TaskStatus.PROCESSING, TaskStatus.CANCELLED}),
-    TaskStatus.PROCESSING: frozenset(
-        {TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED}
-    ),
-    TaskStatus.COMPLETED: frozenset(),
-    TaskStatus.FAILED: frozenset(),
-    TaskStatus.CANCELLED: frozenset(),
-}
-
-
-def can_transition(src: TaskStatus, dst: TaskStatus) -> bool:
-    return dst in TRANSITIONS[src]
 
 
 class ErrorCode(StrEnum):

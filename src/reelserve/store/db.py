@@ -101,6 +101,12 @@ async def current_revision(engine: AsyncEngine) -> str | None:
 
 
 async def _lock_for_migration(conn: AsyncConnection) -> None:
-    """Serialise concurrent migrators: an advisory lock on PostgreSQL, a write lock on SQLite."""
+    """Serialise concurrent migrators (a server and its workers starting together): an advisory
+    lock on PostgreSQL; on SQLite the write lock, taken at once with `BEGIN IMMEDIATE` (the
+    driver would otherwise run the DDL outside any transaction, and two migrators would both
+    find the schema missing). Either lock is held until the migration's transaction ends; a
+    second migrator waits for it (SQLite: the busy timeout), then finds nothing left to do."""
     if conn.dialect.name == "postgresql":
         await conn.execute(sa.text("SELECT pg_advisory_xact_lock(7244123001)"))
+    elif conn.dialect.name == "sqlite":
+        await conn.exec_driver_sql("BEGIN IMMEDIATE")

@@ -1,19 +1,21 @@
-"""The durable task queue. The task row is the single source of truth; the SQL is kept visible.
+"""The durable task queue: submit, claim with a lease, the fenced writes of a running task,
+cancel and release. The task row is the single source of truth; the SQL is kept visible.
 
-Every operation a worker performs on a task it runs is *fenced* by its lease token: an update
-names the token and the state it may leave, so a worker whose lease expired (and whose task was
-resumed elsewhere) can neither report progress nor finish the task a second time. Transitions are
-exactly pending -> processing -> completed | failed | cancelled, plus pending -> cancelled.
+Every write a worker makes to a task it runs goes through `_fenced`: the update names the lease
+token it was given and `status = 'processing'`, so a worker whose lease expired (and whose task
+was resumed elsewhere) can neither report progress nor finish the task a second time.
+Transitions are exactly pending -> processing -> completed | failed | cancelled, plus
+pending -> cancelled. The reads are in task_reads.py, the reaper and retention in
+task_maintenance.py; `TaskQueue` offers all of them.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
@@ -22,10 +24,21 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from reelserve.domain.result import TaskResult
-from reelserve.domain.task import ErrorCode, TaskStatus
 from reelserve.store.db import begin_write
 from reelserve.store.reads import SqliteReader, sqlite_path
 from reelserve.store.tables import tasks
+from reelserve.store.task_maintenance import TaskMaintenance
+from reelserve.store.task_reads import TaskReads, TaskStats
+from reelserve.store.task_rows import CANCELLED, COMPLETED, FAILED, PENDING, PROCESSING, TaskRecord
+
+__all__ = [
+    "FREE_RELEASES",
+    "CancelOutcome",
+    "IdempotencyConflict",
+    "TaskQueue",
+    "TaskRecord",
+    "TaskStats",
+]
 
 IDEMPOTENCY_WINDOW = 24 * 3600.0
 # A stopping worker hands its tasks back without spending an attempt, this many times per task;
@@ -35,87 +48,6 @@ FREE_RELEASES = 3
 NOTIFY_CHANNEL = "reelserve_tasks"
 
 log = logging.getLogger("reelserve.queue")
-
-PENDING = TaskStatus.PENDING.value
-PROCESSING = TaskStatus.PROCESSING.value
-COMPLETED = TaskStatus.COMPLETED.value
-FAILED = TaskStatus.FAILED.value
-CANCELLED = TaskStatus.CANCELLED.value
-
-
-@dataclass(frozen=True)
-class TaskRecord:
-    id: str
-    api_key_id: str
-    model: str
-    provider: str
-    status: TaskStatus
-    progress: int
-    spec: dict[str, Any]
-    checkpoint: dict[str, Any] | None
-    result: TaskResult | None
-    error_code: str | None
-    error_message: str | None
-    estimated_time: int
-    created_at: float
-    started_at: float | None
-    finished_at: float | None
-    updated_at: float
-    lease_owner: str | None
-    lease_expires_at: float | None
-    attempts: int
-    cancel_requested: bool
-    idempotency_key: str | None
-    request_hash: str | None
-    files_expired_at: float | None
-    releases: int = 0
-
-    @classmethod
-    def from_row(cls, row: sa.Row[Any]) -> TaskRecord:
-        values = dict(row._mapping)
-        values["status"] = TaskStatus(values["status"])
-        values["cancel_requested"] = bool(values["cancel_requested"])
-        values["result"] = _result(values["result"])
-        return cls(**values)
-
-    @classmethod
-    def for_view(cls, values: dict[str, Any]) -> TaskRecord:
-        """From the `VIEW_COLUMNS` of a row: a record to build the task's public view from,
-        with an empty spec and no checkpoint (neither is part of the view)."""
-        values["status"] = TaskStatus(values["status"])
-        values["cancel_requested"] = bool(values["cancel_requested"])
-        values["result"] = _result(values["result"])
-        return cls(**values, spec={}, checkpoint=None)
-
-    @classmethod
-    def view_from_raw(cls, row: tuple[Any, ...]) -> TaskRecord:
-        """`for_view` from a plain DB-API row in `VIEW_COLUMNS` order (result still as text)."""
-        values = dict(zip(VIEW_COLUMNS, row, strict=True))
-        return cls.for_view(values)
-
-
-def _result(value: object) -> TaskResult | None:
-    """The result column as stored (JSON, or its text from a plain DB-API row) -> TaskResult."""
-    if isinstance(value, str):
-        value = json.loads(value)  # JSON's null included: SQLAlchemy stores None as 'null'
-    if value is None:
-        return None
-    assert isinstance(value, dict)
-    return TaskResult.from_json(value)
-
-
-# What a task's public view needs: every column but the spec (it can hold data-URL images of
-# several MB, which a status poll would otherwise read and parse every time) and the checkpoint.
-VIEW_COLUMNS = tuple(c.name for c in tasks.c if c.name not in ("spec", "checkpoint"))
-_POSITION_SQL = (
-    "SELECT count(*) FROM tasks p WHERE p.status = 'pending' AND "
-    "(p.created_at < t.created_at OR (p.created_at = t.created_at AND p.id < t.id))"
-)
-_GET_SQL = (
-    f"SELECT {', '.join('t.' + c for c in VIEW_COLUMNS)}, "
-    f"CASE WHEN t.status = 'pending' THEN ({_POSITION_SQL}) END "
-    "FROM tasks t WHERE t.id = ?"
-)
 
 
 class CancelOutcome(Enum):
@@ -133,7 +65,25 @@ class IdempotencyConflict(Exception):
         self.task = task
 
 
-class TaskQueue:
+Bound = str | sa.BindParameter[str]
+
+
+def _fenced(task_id: Bound, token: Bound) -> sa.Update:
+    """An update of a running task by the attempt that holds it:
+    `UPDATE tasks SET ... WHERE id = :id AND lease_owner = :token AND status = 'processing'`.
+    It changes nothing once the lease was lost (another attempt holds the token's task) or the
+    task finished."""
+    return tasks.update().where(
+        tasks.c.id == task_id, tasks.c.lease_owner == token, tasks.c.status == PROCESSING
+    )
+
+
+def _raised(progress: int | sa.BindParameter[int]) -> sa.ColumnElement[int]:
+    """`max(progress, new)`: progress never goes back."""
+    return sa.case((tasks.c.progress < progress, progress), else_=tasks.c.progress)
+
+
+class TaskQueue(TaskReads, TaskMaintenance):
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         path = sqlite_path(str(engine.url))
@@ -197,38 +147,21 @@ class TaskQueue:
         """Queue a task. Returns (task, created); with an Idempotency-Key seen in the last 24 h
         for this API key the earlier task comes back with created=False. `also_insert` runs in
         the task's own transaction, only when the task is created (its webhook delivery)."""
-        now = time.time()
-        values: dict[str, Any] = {
-            "id": task_id,
-            "api_key_id": api_key_id,
-            "model": model,
-            "provider": provider,
-            "status": TaskStatus.PENDING,
-            "progress": 0,
-            "spec": spec,
-            "estimated_time": estimated_time,
-            "created_at": now,
-            "updated_at": now,
-            "attempts": 0,
-            "cancel_requested": False,
-            "checkpoint": None,
-            "result": None,
-            "error_code": None,
-            "error_message": None,
-            "started_at": None,
-            "finished_at": None,
-            "lease_owner": None,
-            "lease_expires_at": None,
-            "idempotency_key": idempotency_key,
-            "request_hash": request_hash,
-            "files_expired_at": None,
-            "releases": 0,
-        }
+        task = TaskRecord.queued(
+            task_id=task_id,
+            api_key_id=api_key_id,
+            model=model,
+            provider=provider,
+            spec=spec,
+            estimated_time=estimated_time,
+            idempotency_key=idempotency_key,
+            request_hash=request_hash,
+        )
         for _ in range(3):
             if idempotency_key is not None:
                 existing = await self._by_idempotency_key(api_key_id, idempotency_key)
                 if existing is not None:
-                    if existing.created_at >= now - IDEMPOTENCY_WINDOW:
+                    if existing.created_at >= task.created_at - IDEMPOTENCY_WINDOW:
                         if request_hash is not None and existing.request_hash != request_hash:
                             raise IdempotencyConflict(existing)
                         return existing, False
@@ -241,7 +174,7 @@ class TaskQueue:
                         )
             try:
                 async with begin_write(self.engine) as conn:
-                    await conn.execute(tasks.insert().values(**values))
+                    await conn.execute(tasks.insert().values(**dataclasses.asdict(task)))
                     for statement in also_insert:
                         await conn.execute(statement)
                     if self.is_postgres:
@@ -254,87 +187,8 @@ class TaskQueue:
                 if idempotency_key is None:
                     raise
                 continue  # a concurrent submit with the same key won; return its task
-            return TaskRecord(**values), True
+            return task, True
         raise RuntimeError("could not resolve a concurrent Idempotency-Key submit")
-
-    async def _by_idempotency_key(self, api_key_id: str, key: str) -> TaskRecord | None:
-        async with self.engine.connect() as conn:
-            row = (
-                await conn.execute(
-                    sa.select(tasks).where(
-                        tasks.c.api_key_id == api_key_id, tasks.c.idempotency_key == key
-                    )
-                )
-            ).first()
-        return TaskRecord.from_row(row) if row is not None else None
-
-    async def get_with_position(
-        self, task_id: str, api_key_id: str
-    ) -> tuple[TaskRecord | None, int | None]:
-        """A status poll: the task as a view record (`TaskRecord.for_view`: no spec, no
-        checkpoint) and, while it is pending, its queue position; one query on SQLite."""
-        if self.reader is None:
-            query = sa.select(*(tasks.c[name] for name in VIEW_COLUMNS)).where(
-                tasks.c.id == task_id, tasks.c.api_key_id == api_key_id
-            )
-            async with self.engine.connect() as conn:
-                row = (await conn.execute(query)).first()
-            if row is None:
-                return None, None
-            task = TaskRecord.for_view(dict(row._mapping))
-            if task.status is not TaskStatus.PENDING:
-                return task, None
-            return task, await self.queue_position(task)
-        rows = await self.reader.fetch(_GET_SQL + " AND t.api_key_id = ?", (task_id, api_key_id))
-        if not rows:
-            return None, None
-        return TaskRecord.view_from_raw(rows[0][:-1]), rows[0][-1]
-
-    async def get(self, task_id: str, api_key_id: str | None = None) -> TaskRecord | None:
-        query = sa.select(tasks).where(tasks.c.id == task_id)
-        if api_key_id is not None:
-            query = query.where(tasks.c.api_key_id == api_key_id)
-        async with self.engine.connect() as conn:
-            row = (await conn.execute(query)).first()
-        return TaskRecord.from_row(row) if row is not None else None
-
-    async def list_tasks(
-        self,
-        api_key_id: str,
-        *,
-        status: str | None = None,
-        model: str | None = None,
-        limit: int = 20,
-        after: str | None = None,
-    ) -> list[TaskRecord]:
-        """Newest first; `after` is the last id of the previous page (ids sort by time)."""
-        query = sa.select(tasks).where(tasks.c.api_key_id == api_key_id)
-        if status is not None:
-            query = query.where(tasks.c.status == status)
-        if model is not None:
-            query = query.where(tasks.c.model == model)
-        if after is not None:
-            query = query.where(tasks.c.id < after)
-        query = query.order_by(tasks.c.id.desc()).limit(limit)
-        async with self.engine.connect() as conn:
-            rows = (await conn.execute(query)).all()
-        return [TaskRecord.from_row(r) for r in rows]
-
-    async def queue_position(self, task: TaskRecord) -> int:
-        """How many pending tasks were queued before this one."""
-        query = (
-            sa.select(sa.func.count())
-            .select_from(tasks)
-            .where(
-                tasks.c.status == PENDING,
-                sa.or_(
-                    tasks.c.created_at < task.created_at,
-                    sa.and_(tasks.c.created_at == task.created_at, tasks.c.id < task.id),
-                ),
-            )
-        )
-        async with self.engine.connect() as conn:
-            return int((await conn.execute(query)).scalar_one())
 
     async def cancel(
         self, task_id: str, api_key_id: str
@@ -373,18 +227,6 @@ class TaskQueue:
         if task is None:
             return CancelOutcome.NOT_FOUND, None
         return outcome, task
-
-    async def delete_finished(self, task_id: str, api_key_id: str) -> bool:
-        """Delete a finished task's row (its owner deleted it; its files are already gone)."""
-        async with begin_write(self.engine) as conn:
-            done = await conn.execute(
-                tasks.delete().where(
-                    tasks.c.id == task_id,
-                    tasks.c.api_key_id == api_key_id,
-                    tasks.c.status.in_([COMPLETED, FAILED, CANCELLED]),
-                )
-            )
-        return bool(done.rowcount)
 
     # -- worker side -------------------------------------------------------------------------
 
@@ -433,60 +275,18 @@ class TaskQueue:
             row = (await conn.execute(stmt)).first()
         return TaskRecord.from_row(row) if row is not None else None
 
-    async def fail_exhausted(self, max_attempts: int) -> list[str]:
-        """Fail tasks whose lease expired after their last allowed attempt: no task stays stuck."""
-        now = time.time()
-        where = sa.and_(
-            tasks.c.status == PROCESSING,
-            tasks.c.lease_expires_at < now,
-            tasks.c.attempts >= max_attempts,
-        )
-        async with begin_write(self.engine) as conn:
-            ids = [r[0] for r in (await conn.execute(sa.select(tasks.c.id).where(where))).all()]
-            if ids:
-                await conn.execute(
-                    tasks.update()
-                    .where(where, tasks.c.id.in_(ids))
-                    .values(
-                        status=FAILED,
-                        error_code=ErrorCode.INTERNAL_ERROR.value,
-                        error_message=(
-                            f"the task was interrupted {max_attempts} times "
-                            "(its worker was lost or had to stop); giving up"
-                        ),
-                        finished_at=now,
-                        updated_at=now,
-                        lease_owner=None,
-                        lease_expires_at=None,
-                    )
-                )
-        return ids
-
-    def _owned(self, task_id: str, token: str) -> sa.ColumnElement[bool]:
-        return sa.and_(
-            tasks.c.id == task_id, tasks.c.lease_owner == token, tasks.c.status == PROCESSING
-        )
-
     async def heartbeat(
         self, task_id: str, token: str, *, lease_seconds: float, progress: int | None = None
     ) -> tuple[bool, bool]:
-        """Extend the lease (and raise progress, never lowering it).
+        """Extend one attempt's lease (and raise its progress).
         Returns (still_owned, cancel_requested)."""
         now = time.time()
         values: dict[str, Any] = {"lease_expires_at": now + lease_seconds, "updated_at": now}
         if progress is not None:
-            values["progress"] = sa.case(
-                (tasks.c.progress < progress, progress), else_=tasks.c.progress
-            )
+            values["progress"] = _raised(progress)
+        stmt = _fenced(task_id, token).values(**values).returning(tasks.c.cancel_requested)
         async with begin_write(self.engine) as conn:
-            row = (
-                await conn.execute(
-                    tasks.update()
-                    .where(self._owned(task_id, token))
-                    .values(**values)
-                    .returning(tasks.c.cancel_requested)
-                )
-            ).first()
+            row = (await conn.execute(stmt)).first()
         if row is None:
             return False, False
         return True, bool(row[0])
@@ -533,70 +333,41 @@ class TaskQueue:
             if changed:
                 pct = sa.bindparam("pct", type_=sa.Integer)
                 await conn.execute(
-                    tasks.update()
-                    .where(
-                        tasks.c.id == sa.bindparam("task_id"),
-                        tasks.c.lease_owner == sa.bindparam("token"),
-                        tasks.c.status == PROCESSING,
-                    )
-                    .values(
-                        progress=sa.case((tasks.c.progress < pct, pct), else_=tasks.c.progress)
+                    _fenced(sa.bindparam("task_id"), sa.bindparam("token")).values(
+                        progress=_raised(pct)
                     ),
                     changed,
                 )
         return owned
 
     async def checkpoint(self, task_id: str, token: str, state: dict[str, Any]) -> bool:
-        async with begin_write(self.engine) as conn:
-            done = await conn.execute(
-                tasks.update()
-                .where(self._owned(task_id, token))
-                .values(checkpoint=state, updated_at=time.time())
-            )
-        return bool(done.rowcount)
+        return await self._write_fenced(task_id, token, checkpoint=state, updated_at=time.time())
 
     async def complete(self, task_id: str, token: str, result: TaskResult) -> bool:
-        now = time.time()
-        async with begin_write(self.engine) as conn:
-            done = await conn.execute(
-                tasks.update()
-                .where(self._owned(task_id, token))
-                .values(
-                    status=COMPLETED,
-                    progress=100,
-                    result=result.to_json(),
-                    finished_at=now,
-                    updated_at=now,
-                    lease_expires_at=None,
-                )
-            )
-        return bool(done.rowcount)
+        return await self._finish(task_id, token, COMPLETED, progress=100, result=result.to_json())
 
     async def fail(self, task_id: str, token: str, code: str, message: str) -> bool:
-        now = time.time()
-        async with begin_write(self.engine) as conn:
-            done = await conn.execute(
-                tasks.update()
-                .where(self._owned(task_id, token))
-                .values(
-                    status=FAILED,
-                    error_code=code,
-                    error_message=message,
-                    finished_at=now,
-                    updated_at=now,
-                    lease_expires_at=None,
-                )
-            )
-        return bool(done.rowcount)
+        return await self._finish(task_id, token, FAILED, error_code=code, error_message=message)
 
     async def mark_cancelled(self, task_id: str, token: str) -> bool:
+        return await self._finish(task_id, token, CANCELLED)
+
+    async def _finish(self, task_id: str, token: str, status: str, **values: Any) -> bool:
         now = time.time()
+        return await self._write_fenced(
+            task_id,
+            token,
+            status=status,
+            finished_at=now,
+            updated_at=now,
+            lease_expires_at=None,
+            **values,
+        )
+
+    async def _write_fenced(self, task_id: str, token: str, **values: Any) -> bool:
+        """One fenced update (`_fenced`); whether it changed the row."""
         async with begin_write(self.engine) as conn:
-            done = await conn.execute(
-                tasks.update()
-                .where(self._owned(task_id, token))
-                .values(status=CANCELLED, finished_at=now, updated_at=now, lease_expires_at=None)
-            )
+            done = await conn.execute(_fenced(task_id, token).values(**values))
         return bool(done.rowcount)
 
     async def release(self, task_id: str, token: str, *, refund_attempt: bool = True) -> bool:
@@ -618,44 +389,4 @@ class TaskQueue:
                 ),
                 else_=tasks.c.attempts,
             )
-        async with begin_write(self.engine) as conn:
-            done = await conn.execute(
-                tasks.update().where(self._owned(task_id, token)).values(**values)
-            )
-        return bool(done.rowcount)
-
-    async def expired_files(self, before: float, limit: int = 100) -> list[str]:
-        """Finished tasks whose files are due for deletion (finished before `before`)."""
-        query = (
-            sa.select(tasks.c.id)
-            .where(
-                tasks.c.status.in_([COMPLETED, FAILED, CANCELLED]),
-                tasks.c.finished_at < before,
-                tasks.c.files_expired_at.is_(None),
-            )
-            .order_by(tasks.c.finished_at)
-            .limit(limit)
-        )
-        async with self.engine.connect() as conn:
-            return [r[0] for r in (await conn.execute(query)).all()]
-
-    async def mark_files_expired(self, task_id: str) -> None:
-        async with begin_write(self.engine) as conn:
-            await conn.execute(
-                tasks.update()
-                .where(tasks.c.id == task_id, tasks.c.files_expired_at.is_(None))
-                .values(files_expired_at=time.time())
-            )
-
-    async def counts(self) -> dict[str, int]:
-        async with self.engine.connect() as conn:
-            rows = (
-                await conn.execute(
-                    sa.select(tasks.c.status, sa.func.count()).group_by(tasks.c.status)
-                )
-            ).all()
-        return {str(r[0]): int(r[1]) for r in rows}
-
-    async def ping(self) -> None:
-        async with self.engine.connect() as conn:
-            await conn.execute(sa.text("SELECT 1"))
+        return await self._write_fenced(task_id, token, **values)

@@ -8,7 +8,11 @@ read cannot stall the event loop behind a long write. In the rare case the datab
 anyway (WAL recovery after a crash, an exclusive checkpoint), the read is retried on a small
 thread pool with the normal timeout, off the event loop.
 Writes and everything else still go through SQLAlchemy. On PostgreSQL there is no reader:
-asyncpg is already asynchronous, and the queue falls back to its SQLAlchemy queries.
+asyncpg is already asynchronous, and the store runs the same statement through SQLAlchemy.
+
+This module holds no SQL of its own: a reader runs a `SqliteStatement`, which is a SQLAlchemy
+statement compiled once to SQLite's text, so the fast path and the SQLAlchemy path run one
+statement written once (`store/task_reads.py`).
 """
 
 from __future__ import annotations
@@ -16,9 +20,33 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import sqlite
+from sqlalchemy.sql.compiler import SQLCompiler
+
+
+@dataclass(frozen=True)
+class SqliteStatement:
+    """A SQLAlchemy statement as SQLite's SQL text, with its `?` parameters by name."""
+
+    sql: str
+    names: tuple[str, ...]  # the bound parameters, in the order of the `?`s
+    defaults: Mapping[str, Any]  # values the statement binds itself (its literals)
+
+    @classmethod
+    def compile(cls, statement: sa.ClauseElement) -> SqliteStatement:
+        compiled = statement.compile(dialect=sqlite.dialect())
+        assert isinstance(compiled, SQLCompiler)
+        return cls(str(compiled), tuple(compiled.positiontup or ()), dict(compiled.params))
+
+    def params(self, **values: Any) -> tuple[Any, ...]:
+        """The positional parameters, given the values of the statement's `bindparam`s."""
+        return tuple(values[n] if n in values else self.defaults[n] for n in self.names)
 
 
 class SqliteReader:
@@ -60,8 +88,9 @@ class SqliteReader:
     def _fetch(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         return self._connection().execute(sql, params).fetchall()
 
-    async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    async def fetch(self, statement: SqliteStatement, **values: Any) -> list[tuple[Any, ...]]:
         """A point read: inline when the database answers at once, else on the thread pool."""
+        sql, params = statement.sql, statement.params(**values)
         try:
             return self._inline_connection().execute(sql, params).fetchall()
         except sqlite3.OperationalError as exc:

@@ -1,0 +1,121 @@
+"""`reelserve worker`: a worker process without the HTTP API. It claims tasks from the store
+(those of `--providers` / `--models`), runs them, and stops gracefully on SIGINT or SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from typing import Annotated, Any
+
+import typer
+
+from reelserve.cli.common import DataDir, err, settings_for, setup_logging
+from reelserve.settings import Settings
+
+
+def worker_command(
+    data_dir: DataDir = None,
+    concurrency: Annotated[
+        int | None,
+        typer.Option(
+            help="Tasks run at once on providers that compute here (sandbox, local models: "
+            "CPU/GPU-bound); default: worker_concurrency."
+        ),
+    ] = None,
+    remote_concurrency: Annotated[
+        int | None,
+        typer.Option(
+            help="Tasks held at once on providers that wait on a remote service (google_veo: "
+            "a poll now and then each); default: worker_remote_concurrency."
+        ),
+    ] = None,
+    models: Annotated[
+        str | None, typer.Option(help="Comma-separated model ids this worker takes.")
+    ] = None,
+    providers: Annotated[
+        str | None, typer.Option(help="Comma-separated providers this worker takes.")
+    ] = None,
+    device: Annotated[
+        str | None,
+        typer.Option(help="Torch device for local models, e.g. cuda:1 (one GPU per worker)."),
+    ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            envvar="REELSERVE_WORKER_METRICS_PORT",
+            help="Serve this worker's Prometheus metrics (time in queue, run time, upstream "
+            "errors) on this port.",
+        ),
+    ] = None,
+    metrics_host: Annotated[str, typer.Option(help="Address of the metrics endpoint.")] = "0.0.0.0",
+    log_level: Annotated[str, typer.Option(help="debug, info, warning, error")] = "info",
+) -> None:
+    """Run a worker process (no HTTP API): claims tasks from the store and runs them."""
+    setup_logging(log_level)
+    settings = settings_for(data_dir, device=device)
+    metrics = _serve_worker_metrics(metrics_port, metrics_host)
+    asyncio.run(
+        _run_worker(
+            settings,
+            concurrency,
+            _split(models),
+            _split(providers),
+            metrics=metrics,
+            remote_concurrency=remote_concurrency,
+        )
+    )
+
+
+def _serve_worker_metrics(port: int | None, host: str) -> Any:
+    """A worker's own metrics on `host:port` (a thread), or None without a port."""
+    if port is None:
+        return None
+    from prometheus_client import start_http_server
+
+    from reelserve.metrics import Metrics
+
+    metrics = Metrics()
+    start_http_server(port, addr=host, registry=metrics.registry)
+    return metrics
+
+
+def _split(value: str | None) -> set[str] | None:
+    if value is None:
+        return None
+    return {v.strip() for v in value.split(",") if v.strip()}
+
+
+async def _run_worker(
+    settings: Settings,
+    concurrency: int | None,
+    models: set[str] | None,
+    providers: set[str] | None,
+    *,
+    metrics: Any = None,
+    remote_concurrency: int | None = None,
+) -> None:
+    from reelserve.core import Reelserve
+    from reelserve.worker.runner import Worker
+
+    service = await Reelserve.open(settings, metrics=metrics)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    available = set(service.providers)
+    if providers is not None and providers - available:
+        missing = ", ".join(sorted(providers - available))
+        err.print(f"[red]providers not available on this worker:[/] {missing}")
+        raise typer.Exit(2)
+    worker = Worker(
+        service.worker_parts(),
+        concurrency=concurrency,
+        remote_concurrency=remote_concurrency,
+        providers=providers if providers is not None else available,
+        models=models,
+        exit_when_stuck=True,
+    )
+    try:
+        await worker.run(stop)
+    finally:
+        await service.close()

@@ -1,0 +1,181 @@
+"""Every read of task rows: whole rows for the operations that need the spec, views for status
+polls and event streams, the listings, and the counts of the metrics scrape.
+
+A status poll is one statement on both engines: the view's columns and, while the task is
+pending, its queue position, counted by `_ahead_of` (the pending tasks a claim takes first; the
+standalone `queue_position` counts with the same condition). On SQLite the poll runs on the
+`SqliteReader` (reads.py: about 10 us instead of a millisecond through the async layer, see
+bench/api.py), as the same statement compiled once to SQLite's text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from reelserve.domain.result import TaskView
+from reelserve.store.reads import SqliteReader, SqliteStatement
+from reelserve.store.tables import tasks
+from reelserve.store.task_rows import PENDING, VIEW_COLUMNS, TaskRecord, view_from_row
+
+_t = tasks.alias("t")  # the task read
+_p = tasks.alias("p")  # the pending tasks counted ahead of it
+_VIEW_COLUMNS = [_t.c[name] for name in VIEW_COLUMNS]
+_IN_CHUNK = 500  # ids per IN (...) list
+
+
+def _ahead_of(created_at: Any, task_id: Any) -> sa.ColumnElement[bool]:
+    """The pending tasks a claim takes before the task (created_at, task_id): claims go in
+    (created_at, id) order (queue.py)."""
+    return sa.and_(
+        _p.c.status == PENDING,
+        sa.or_(
+            _p.c.created_at < created_at,
+            sa.and_(_p.c.created_at == created_at, _p.c.id < task_id),
+        ),
+    )
+
+
+_COUNT_AHEAD = sa.select(sa.func.count()).select_from(_p)
+
+# A status poll: the view of one task of one key, with its queue position while it is pending.
+_POLL = sa.select(
+    *_VIEW_COLUMNS,
+    sa.case(
+        (
+            _t.c.status == PENDING,
+            _COUNT_AHEAD.where(_ahead_of(_t.c.created_at, _t.c.id)).scalar_subquery(),
+        ),
+    ).label("queue_position"),
+).where(_t.c.id == sa.bindparam("task_id"), _t.c.api_key_id == sa.bindparam("api_key_id"))
+_POLL_ON_SQLITE = SqliteStatement.compile(_POLL)
+
+
+@dataclass(frozen=True)
+class TaskStats:
+    """What the metrics scrape reads from the store."""
+
+    counts: dict[tuple[str, str], int]  # (model, status) -> tasks
+    oldest_pending: dict[str, float]  # model -> created_at of its oldest pending task
+
+
+class TaskReads:
+    """The reads of `TaskQueue` (queue.py), which sets `engine` and `reader`."""
+
+    engine: AsyncEngine
+    reader: SqliteReader | None  # SQLite files only
+
+    async def get(self, task_id: str, api_key_id: str | None = None) -> TaskRecord | None:
+        """The whole row of a task (of one key, when `api_key_id` is given)."""
+        query = sa.select(tasks).where(tasks.c.id == task_id)
+        if api_key_id is not None:
+            query = query.where(tasks.c.api_key_id == api_key_id)
+        rows = await self._records(query)
+        return rows[0] if rows else None
+
+    async def view(self, task_id: str, api_key_id: str) -> TaskView | None:
+        """A status poll: the view of one of a key's tasks, with its queue position while it
+        is pending; one statement, on the SQLite reader where there is one."""
+        if self.reader is not None:
+            rows = await self.reader.fetch(_POLL_ON_SQLITE, task_id=task_id, api_key_id=api_key_id)
+            row: Sequence[Any] | None = rows[0] if rows else None
+        else:
+            async with self.engine.connect() as conn:
+                params = {"task_id": task_id, "api_key_id": api_key_id}
+                row = (await conn.execute(_POLL, params)).first()
+        if row is None:
+            return None
+        return view_from_row(row[:-1], row[-1])
+
+    async def views(self, ids: Sequence[str]) -> dict[str, TaskView]:
+        """The current views of `ids` (an id not found is absent), without queue positions:
+        one read per tick serves every event stream of a process (api/watch.py)."""
+        found: dict[str, TaskView] = {}
+        if not ids:
+            return found
+        async with self.engine.connect() as conn:
+            for start in range(0, len(ids), _IN_CHUNK):
+                chunk = list(ids[start : start + _IN_CHUNK])
+                query = sa.select(*_VIEW_COLUMNS).where(_t.c.id.in_(chunk))
+                for row in (await conn.execute(query)).all():
+                    view = view_from_row(row)
+                    found[view.id] = view
+        return found
+
+    async def queue_position(self, task: TaskRecord | TaskView) -> int:
+        """How many pending tasks a claim takes before this one."""
+        query = _COUNT_AHEAD.where(_ahead_of(task.created_at, task.id))
+        async with self.engine.connect() as conn:
+            return int((await conn.execute(query)).scalar_one())
+
+    async def list_tasks(
+        self,
+        api_key_id: str,
+        *,
+        status: str | None = None,
+        model: str | None = None,
+        limit: int = 20,
+        after: str | None = None,
+    ) -> list[TaskRecord]:
+        """A key's tasks, newest first; `after` is the last id of the previous page (ids sort
+        by time)."""
+        where = [tasks.c.api_key_id == api_key_id]
+        if status is not None:
+            where.append(tasks.c.status == status)
+        if model is not None:
+            where.append(tasks.c.model == model)
+        if after is not None:
+            where.append(tasks.c.id < after)
+        return await self._newest_where(where, limit)
+
+    async def newest(self, *, status: str | None = None, limit: int = 20) -> list[TaskRecord]:
+        """The newest tasks of every key (`reelserve tasks list`)."""
+        return await self._newest_where([tasks.c.status == status] if status else [], limit)
+
+    async def _newest_where(
+        self, where: list[sa.ColumnElement[bool]], limit: int
+    ) -> list[TaskRecord]:
+        query = sa.select(tasks).where(*where).order_by(tasks.c.id.desc()).limit(limit)
+        return await self._records(query)
+
+    async def _by_idempotency_key(self, api_key_id: str, key: str) -> TaskRecord | None:
+        query = sa.select(tasks).where(
+            tasks.c.api_key_id == api_key_id, tasks.c.idempotency_key == key
+        )
+        rows = await self._records(query)
+        return rows[0] if rows else None
+
+    async def _records(self, query: sa.Select[Any]) -> list[TaskRecord]:
+        async with self.engine.connect() as conn:
+            return [TaskRecord.from_row(r) for r in (await conn.execute(query)).all()]
+
+    async def stats(self) -> TaskStats:
+        """The task gauges of the metrics scrape: tasks by (model, status), and the age of each
+        model's oldest pending task. Two grouped counts; tasks of every process are seen."""
+        async with self.engine.connect() as conn:
+            counted = (
+                await conn.execute(
+                    sa.select(tasks.c.model, tasks.c.status, sa.func.count()).group_by(
+                        tasks.c.model, tasks.c.status
+                    )
+                )
+            ).all()
+            oldest = (
+                await conn.execute(
+                    sa.select(tasks.c.model, sa.func.min(tasks.c.created_at))
+                    .where(tasks.c.status == PENDING)
+                    .group_by(tasks.c.model)
+                )
+            ).all()
+        return TaskStats(
+            counts={(str(m), str(s)): int(n) for m, s, n in counted},
+            oldest_pending={str(m): float(t) for m, t in oldest if t is not None},
+        )
+
+    async def ping(self) -> None:
+        async with self.engine.connect() as conn:
+            await conn.execute(sa.text("SELECT 1"))

@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fakes.google_veo import FakeGoogle, serve, service_account
 from tests.support import LiveServer, make_settings, static_server, submit, wait_task
@@ -508,6 +509,43 @@ def test_500s_then_success(client: httpx.Client, fake: FakeGoogle) -> None:
     assert len(fake.submits()) == 2 and len(fake.operations) == 1
     assert len([r for r in fake.requests if ":download" in r.path]) == 2
     assert_pinned(fake)
+
+
+def upstream_errors(client: httpx.Client) -> dict[str, float]:
+    """`reelserve_upstream_errors_total` of google_veo by code, from the server's /metrics."""
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    counts: dict[str, float] = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            if (
+                sample.name == "reelserve_upstream_errors_total"
+                and sample.labels["provider"] == "google_veo"
+            ):
+                counts[sample.labels["code"]] = sample.value
+    return counts
+
+
+def test_every_error_answer_from_google_is_counted_in_metrics(
+    client: httpx.Client, fake: FakeGoogle
+) -> None:
+    """Each error answer (submit, poll, download), retried or not, counts once under its HTTP
+    status in `reelserve_upstream_errors_total`; the task still completes."""
+    before = upstream_errors(client)
+    fake.submit_faults.extend(
+        [
+            {"code": 429, "status": "RESOURCE_EXHAUSTED", "message": "Quota exceeded."},
+            {"code": 500, "status": "INTERNAL", "message": "oops"},
+        ]
+    )
+    fake.poll_faults.append({"code": 503, "status": "UNAVAILABLE", "message": "busy"})
+    fake.download_faults.append({"code": 500, "status": "INTERNAL", "message": "flaky"})
+    final = run(client, {"model": FAST, "prompt": "counted", "duration": 4})
+    assert final["status"] == "completed", final.get("error")
+    after = upstream_errors(client)
+    grown = {code: after[code] - before.get(code, 0.0) for code in after}
+    assert {code: n for code, n in grown.items() if n} == {"429": 1, "500": 2, "503": 1}
+    assert len(fake.submits()) == 3 and len(fake.operations) == 1
 
 
 def test_quota_failover_and_pinning(client: httpx.Client, fake: FakeGoogle) -> None:

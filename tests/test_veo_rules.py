@@ -15,8 +15,9 @@ from reelserve.domain.errors import InvalidRequest
 from reelserve.domain.models import default_models
 from reelserve.domain.spec import GenerationSpec, parse_generation_request
 from reelserve.providers.google_veo import rules
-from reelserve.providers.google_veo.provider import admit, fit_model, request_body
+from reelserve.providers.google_veo.capabilities import admit, fit_model
 from reelserve.providers.google_veo.rules import GEMINI, VERTEX, Backend
+from reelserve.providers.google_veo.wire import request_body
 
 MODELS = {m.id: m for m in default_models()}
 GEMINI_KEY = Backend(GEMINI)

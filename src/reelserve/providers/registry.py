@@ -50,7 +50,7 @@ def build_capabilities(
     `google.remote_backends`)."""
     found: dict[str, Capabilities] = dict(providers)
     if "google_veo" not in found and "google_veo" in settings.remote_providers:
-        from reelserve.providers.google_veo.provider import VeoCapabilities
+        from reelserve.providers.google_veo.capabilities import VeoCapabilities
 
         found["google_veo"] = VeoCapabilities.of_backends(
             settings.google.remote_backends, vertex_4k=settings.google.vertex_4k

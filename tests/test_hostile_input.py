@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from reelserve.domain.ids import task_id
 from reelserve.domain.spec import MAX_PROMPT_CHARS
 from reelserve.domain.task import TaskStatus
-from reelserve.providers.sandbox.provider import _font, _wrap
+from reelserve.providers.sandbox.drawing import load_font, wrap
 from reelserve.storage.base import StorageKeyError
 from reelserve.storage.local import LocalStorage
 from reelserve.storage.s3 import S3Storage
@@ -40,8 +40,8 @@ VIDEOS = "/v1/videos"
 
 def test_caption_wrap_of_an_unbroken_max_length_prompt() -> None:
     """The wrap was cubic in a word without spaces (8,000 characters: about 3 hours)."""
-    font = _font(42)
-    lines = _wrap("a" * MAX_PROMPT_CHARS, font, 1058, max_lines=3)
+    font = load_font(42)
+    lines = wrap("a" * MAX_PROMPT_CHARS, font, 1058, max_lines=3)
     assert len(lines) == 3 and lines[-1].endswith("...")
     assert all(font.getlength(line) <= 1058 for line in lines)
     assert len(lines[0]) > 10  # lines are filled, not cut into single characters
@@ -57,23 +57,23 @@ def test_caption_wrap_of_an_unbroken_max_length_prompt() -> None:
     ],
 )
 def test_caption_wrap_fits_whatever_the_text(text: str) -> None:
-    font = _font(42)
-    lines = _wrap(text, font, 1058, max_lines=3)
+    font = load_font(42)
+    lines = wrap(text, font, 1058, max_lines=3)
     assert 1 <= len(lines) <= 3
     assert all(font.getlength(line) <= 1058 for line in lines)
 
 
 def test_caption_wrap_keeps_short_prompts_whole() -> None:
-    font = _font(42)
-    assert _wrap("a red kite  over\tgreen hills", font, 1058, max_lines=3) == [
+    font = load_font(42)
+    assert wrap("a red kite  over\tgreen hills", font, 1058, max_lines=3) == [
         "a red kite over green hills"
     ]
-    assert _wrap("a red kite over green hills", font, 200, max_lines=3) == [
+    assert wrap("a red kite over green hills", font, 200, max_lines=3) == [
         "a red kite",
         "over",
         "green hills",
     ]
-    assert _wrap("a red kite over green hills", font, 150, max_lines=2) == ["a red", "kite..."]
+    assert wrap("a red kite over green hills", font, 150, max_lines=2) == ["a red", "kite..."]
 
 
 def test_max_length_unbroken_prompt_renders(client: httpx.Client) -> None:

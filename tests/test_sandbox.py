@@ -20,7 +20,9 @@ from reelserve.domain.models import default_models
 from reelserve.domain.spec import GenerationSpec, parse_generation_request
 from reelserve.media.video import decode_frames, probe_video
 from reelserve.providers.base import InputImages, TaskCancelled
-from reelserve.providers.sandbox.provider import SandboxProvider, render_audio, render_frames
+from reelserve.providers.sandbox.audio import render_audio
+from reelserve.providers.sandbox.frames import render_frames
+from reelserve.providers.sandbox.provider import SandboxProvider
 
 W, H = 320, 180
 

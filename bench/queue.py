@@ -41,7 +41,7 @@ class NoopProvider(ProviderBase):
 
 
 async def _worker_main(url: str, data_dir: str) -> None:
-    from reelserve.service import Reelserve
+    from reelserve.core import Reelserve
     from reelserve.settings import Settings
     from reelserve.worker.runner import Worker
 

@@ -38,7 +38,7 @@ class StubbornProvider(ProviderBase):
 
 
 async def main() -> None:
-    from reelserve.service import Reelserve
+    from reelserve.core import Reelserve
     from reelserve.settings import Settings
     from reelserve.worker.runner import Worker
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
+from reelserve.core import Reelserve
 from reelserve.domain.task import TaskStatus
-from reelserve.service import Reelserve
 from reelserve.worker.runner import Worker
 from tests.stubborn_worker import StubbornProvider
 from tests.support import LiveServer, make_settings, start_worker, submit, wait_progress, wait_task
@@ -29,15 +29,15 @@ async def test_a_provider_that_ignores_a_cancel_fails_its_task(tmp_path: Path) -
     service = await Reelserve.open(make_settings(tmp_path / "data", stop_timeout=1.0))
     stubborn = StubbornProvider()
     service.providers["sandbox"] = stubborn
-    key, _, _ = await service.create_key("test")
-    task = await service.submit(key, {"model": "sandbox", "prompt": "p", "duration": 4})
+    key, _, _ = await service.access.create_key("test")
+    task = await service.tasks.submit(key, {"model": "sandbox", "prompt": "p", "duration": 4})
     stop = asyncio.Event()
     running = asyncio.create_task(Worker(service.worker_parts()).run(stop))
     try:
         assert await asyncio.to_thread(stubborn.started.wait, 30)
-        await service.cancel(key, task.id)
+        await service.tasks.cancel(key, task.id)
         deadline = time.monotonic() + 30
-        while (current := await service.get_task(key, task.id)).status is TaskStatus.PROCESSING:
+        while (current := await service.tasks.get(key, task.id)).status is TaskStatus.PROCESSING:
             assert time.monotonic() < deadline, "the cancelled task never finished"
             await asyncio.sleep(0.1)
         assert current.status is TaskStatus.FAILED

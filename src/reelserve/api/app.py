@@ -32,8 +32,8 @@ from reelserve.api.routes import (
     webhooks,
 )
 from reelserve.api.watch import TaskWatcher
+from reelserve.core import Reelserve
 from reelserve.metrics import Metrics
-from reelserve.service import Reelserve
 from reelserve.settings import Settings
 from reelserve.worker.runner import Worker
 
@@ -113,7 +113,7 @@ def create_app(
         worker_task: asyncio.Task[None] | None = None
         if start_worker:
             worker = Worker(service.worker_parts(), exit_when_stuck=exit_when_stuck)
-            service.on_submit(worker.wake)
+            service.tasks.on_submit(worker.wake)
             worker_task = asyncio.create_task(worker.run(stop))
             app.state.worker = worker
         try:

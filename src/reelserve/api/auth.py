@@ -6,8 +6,8 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from reelserve.core import Reelserve
 from reelserve.domain.errors import AuthenticationFailed
-from reelserve.service import Reelserve
 from reelserve.store.keys import ApiKey
 
 
@@ -37,7 +37,7 @@ async def key_from_header(service: Reelserve, header: str | None) -> ApiKey:
     secret = secret.strip()
     if scheme.lower() != "bearer" or not secret:
         raise AuthenticationFailed("malformed Authorization header; expected 'Bearer <api key>'")
-    key = await service.authenticate(secret)
+    key = await service.access.authenticate(secret)
     if key is None:
         raise AuthenticationFailed("invalid or revoked API key")
     return key

@@ -18,8 +18,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
 from starlette.responses import StreamingResponse
 
+from reelserve.api import envelope
 from reelserve.api.auth import Service
-from reelserve.api.errors import envelope, error_responses
+from reelserve.api.errors import error_responses
 from reelserve.domain.errors import Gone
 from reelserve.storage.base import StorageKeyError
 
@@ -37,28 +38,30 @@ def parse_range(header: str, size: int) -> tuple[list[tuple[int, int]] | None, R
     """The byte ranges a `Range` header asks for (inclusive ends), or the error to answer."""
     unit, _, spec = header.partition("=")
     if unit.strip().lower() != "bytes" or not spec.strip():
-        return None, envelope(
+        return None, envelope.error(
             400, f"Range must look like 'bytes=START-END' (got {header!r})", param="Range"
         )
     ranges: list[tuple[int, int]] = []
     for part in spec.split(","):
         start_text, dash, end_text = part.strip().partition("-")
         if not dash or not (start_text.strip() or end_text.strip()):
-            return None, envelope(400, f"malformed Range {header!r}", param="Range")
+            return None, envelope.error(400, f"malformed Range {header!r}", param="Range")
         try:
             start = int(start_text) if start_text.strip() else None
             end = int(end_text) if end_text.strip() else None
         except ValueError:
-            return None, envelope(400, f"malformed Range {header!r}", param="Range")
+            return None, envelope.error(400, f"malformed Range {header!r}", param="Range")
         if start is not None and end is not None and start > end:
-            return None, envelope(400, f"Range start is after its end in {header!r}", param="Range")
+            return None, envelope.error(
+                400, f"Range start is after its end in {header!r}", param="Range"
+            )
         if start is None:
             if end and size:  # a suffix: the last `end` bytes
                 ranges.append((max(0, size - end), size - 1))
         elif start < size:
             ranges.append((start, min(size - 1, end if end is not None else size - 1)))
     if not ranges:
-        return None, envelope(
+        return None, envelope.error(
             416,
             f"Range {header!r} is outside the file's {size} bytes",
             param="Range",
@@ -76,7 +79,7 @@ def parse_range(header: str, size: int) -> tuple[list[tuple[int, int]] | None, R
     openapi_extra={"security": []},  # the signed token is the credential
 )
 async def get_file(token: str, request: Request, service: Service) -> Response:
-    opened = service.open_file(token)  # the grant's key is well-formed (storage.check_key)
+    opened = service.files.open(token)  # the grant's key is well-formed (storage.check_key)
     storage = service.storage
     try:
         path = storage.local_path(opened.key)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Header, Request, Response
 
 from reelserve.api.auth import Key, Service
-from reelserve.api.errors import IDEMPOTENCY_KEY_SCHEMA, error_responses, ok
+from reelserve.api.envelope import ok
+from reelserve.api.errors import IDEMPOTENCY_KEY_SCHEMA, error_responses
 from reelserve.api.inputs import parse_json_body
 
 router = APIRouter(tags=["generations"])
@@ -41,7 +42,7 @@ async def submit_generation(
     ),
 ) -> Response:
     body = parse_json_body(await request.body())
-    task = await service.submit(
+    task = await service.tasks.submit(
         key, body, idempotency_key=idempotency_key, base_url=str(request.base_url)
     )
     return ok([{"status": "submitted", "task_id": task.id}])

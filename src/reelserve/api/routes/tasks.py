@@ -7,9 +7,11 @@ from typing import Literal
 from fastapi import APIRouter, Query, Request, Response
 
 from reelserve.api.auth import Key, Service
-from reelserve.api.errors import error_responses, ok
-from reelserve.domain.errors import InvalidRequest
-from reelserve.service import LANGUAGES, MAX_LIST_LIMIT
+from reelserve.api.envelope import ok
+from reelserve.api.errors import error_responses
+from reelserve.api.inputs import check_language
+from reelserve.core.tasks import MAX_LIST_LIMIT
+from reelserve.domain.task import TaskStatus
 
 router = APIRouter(tags=["tasks"])
 # The query parameters' exact values, in the OpenAPI document as enums (LANGUAGES, TaskStatus).
@@ -19,13 +21,6 @@ Status = Literal["pending", "processing", "completed", "failed", "cancelled"]
 
 def _base_url(request: Request) -> str:
     return str(request.base_url)
-
-
-def _check_language(language: str | None) -> None:
-    if language is not None and language not in LANGUAGES:
-        raise InvalidRequest(
-            f"language must be one of {', '.join(LANGUAGES)} (got {language!r})", param="language"
-        )
 
 
 @router.get(
@@ -42,8 +37,8 @@ async def get_task(
 ) -> Response:
     """Served by `api.fastpath` in front of the framework; this route documents it and answers
     whatever the fast path passes on."""
-    _check_language(language)
-    return ok(await service.task_status(key, task_id, _base_url(request)))
+    check_language(language)
+    return ok(await service.tasks.status(key, task_id, _base_url(request)))
 
 
 @router.get(
@@ -60,11 +55,15 @@ async def list_tasks(
     limit: int = Query(20, ge=1, le=MAX_LIST_LIMIT),
     after: str | None = Query(None, description="the last task id of the previous page"),
 ) -> Response:
-    rows, has_more = await service.list_tasks(
-        key, status=status, model=model, limit=limit, after=after
+    rows, has_more = await service.tasks.page(
+        key,
+        status=TaskStatus(status) if status is not None else None,
+        model=model,
+        limit=limit,
+        after=after,
     )
     base = _base_url(request)
-    data = [await service.task_view(t, base) for t in rows]
+    data = [await service.tasks.render(t, base) for t in rows]
     return ok(data, has_more=has_more, next_after=rows[-1].id if has_more and rows else None)
 
 
@@ -72,5 +71,5 @@ async def list_tasks(
     "/v1/tasks/{task_id}/cancel", summary="Cancel a task", responses=error_responses(401, 404, 409)
 )
 async def cancel_task(task_id: str, request: Request, key: Key, service: Service) -> Response:
-    task = await service.cancel(key, task_id)
-    return ok(await service.task_view(task, _base_url(request)))
+    task = await service.tasks.cancel(key, task_id)
+    return ok(await service.tasks.render(task, _base_url(request)))

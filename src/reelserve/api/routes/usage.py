@@ -5,12 +5,20 @@ from __future__ import annotations
 from fastapi import APIRouter, Query, Response
 
 from reelserve.api.auth import Key, Service
-from reelserve.api.errors import error_responses, ok
+from reelserve.api.envelope import ok
+from reelserve.api.errors import error_responses
+from reelserve.core.usage import usage_report
 
 router = APIRouter(tags=["usage"])
 
 
+# Unix seconds, an integer or decimal number: checked by FastAPI (a 400 naming the parameter).
 UNIX_SECONDS = r"^[0-9]{1,12}(\.[0-9]{1,9})?$"
+
+
+def _seconds(value: str | None) -> float | None:
+    """A time parameter, its form checked against `UNIX_SECONDS`, as a number (or None)."""
+    return float(value) if value else None
 
 
 @router.get(
@@ -28,4 +36,5 @@ async def get_usage(
         None, pattern=UNIX_SECONDS, description="Unix seconds; only usage recorded before then"
     ),
 ) -> Response:
-    return ok(await service.usage_report(key, since=since, until=until))
+    report = await usage_report(service.usage, key, since=_seconds(since), until=_seconds(until))
+    return ok(report)

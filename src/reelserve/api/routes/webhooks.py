@@ -5,7 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 
 from reelserve.api.auth import Key, Service
-from reelserve.api.errors import error_responses, ok
+from reelserve.api.envelope import ok
+from reelserve.api.errors import error_responses
 
 router = APIRouter(tags=["webhooks"])
 
@@ -16,4 +17,4 @@ router = APIRouter(tags=["webhooks"])
     responses=error_responses(401, 404),
 )
 async def task_webhooks(task_id: str, key: Key, service: Service) -> Response:
-    return ok(await service.task_webhooks(key, task_id))
+    return ok(await service.tasks.deliveries(key, task_id))

@@ -1,0 +1,46 @@
+"""API keys as the server uses them: authenticating a bearer secret, minting a key.
+
+A key is looked up in the store with a few seconds of in-process cache, so a busy client costs
+no read per request; a revoked key stops working within `AUTH_CACHE_SECONDS`.
+"""
+
+from __future__ import annotations
+
+import time
+
+from reelserve.store.keys import ApiKey, KeyMode, KeyStore
+from reelserve.store.webhooks import WebhookStore, new_webhook_secret
+
+AUTH_CACHE_SECONDS = 5.0
+AUTH_CACHE_SIZE = 10_000
+
+
+class Access:
+    def __init__(self, keys: KeyStore, webhooks: WebhookStore) -> None:
+        self.keys = keys
+        self.webhooks = webhooks
+        self._cache: dict[str, tuple[float, ApiKey]] = {}  # secret -> (monotonic expiry, key)
+
+    async def authenticate(self, secret: str) -> ApiKey | None:
+        """The live key with this secret, or None."""
+        now = time.monotonic()
+        cached = self._cache.get(secret)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        key = await self.keys.authenticate(secret)
+        if key is not None:
+            if len(self._cache) > AUTH_CACHE_SIZE:
+                self._cache.clear()
+            self._cache[secret] = (now + AUTH_CACHE_SECONDS, key)
+        else:
+            self._cache.pop(secret, None)
+        return key
+
+    async def create_key(self, mode: KeyMode, name: str = "") -> tuple[ApiKey, str, str]:
+        """Mint an API key with its webhook signing secret: (key, API key secret, webhook
+        secret). Both secrets are shown once; the webhook secret is stored sealed."""
+        webhook_secret = new_webhook_secret()
+        key, secret = await self.keys.create(
+            mode, name, webhook_secret=self.webhooks.box.seal(webhook_secret)
+        )
+        return key, secret, webhook_secret

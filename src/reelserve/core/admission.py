@@ -1,0 +1,129 @@
+"""Whether a request can run here, decided at submit: what is refused now is a 400, never a
+task that fails later.
+
+A submit body is parsed against the configured models (`domain.spec`), routed to a provider (a
+test key's to the sandbox, a live key's to its model's own provider when this process can run
+it or `remote_providers` says workers elsewhere do), checked against that provider's upstream
+rules (Veo's backends), and its images and webhook URL checked as far as can be known before
+any fetch. The outbound policies are built once, from settings, when the server opens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from reelserve.domain.errors import InvalidRequest
+from reelserve.domain.models import ModelEntry
+from reelserve.domain.spec import GenerationSpec, parse_generation_request
+from reelserve.media.images import FetchPolicy, ImageInputError, check_image_source
+from reelserve.net.guard import OutboundError, check_destination
+from reelserve.providers.base import Capabilities, Provider
+from reelserve.providers.registry import SANDBOX, not_configured_message
+from reelserve.settings import Settings
+from reelserve.store.keys import ApiKey
+from reelserve.store.webhooks import WebhookStore
+
+
+def image_policy(settings: Settings) -> FetchPolicy:
+    """What client-supplied image URLs may reach (`image_allow_*` settings)."""
+    return FetchPolicy(
+        allow_hosts=tuple(settings.image_allow_hosts),
+        allow_networks=tuple(settings.image_allow_networks),
+        resolve_overrides=dict(settings.image_resolve_overrides),
+    )
+
+
+def webhook_policy(settings: Settings) -> FetchPolicy:
+    """What webhook URLs may reach (`webhook_allow_*` settings), and how long a delivery takes."""
+    return FetchPolicy(
+        allow_hosts=tuple(settings.webhook_allow_hosts),
+        allow_networks=tuple(settings.webhook_allow_networks),
+        total_timeout=settings.webhook_timeout,
+    )
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """A request that can run: its spec, its model and the provider it is queued for."""
+
+    spec: GenerationSpec
+    entry: ModelEntry
+    provider: str
+
+
+class Admission:
+    def __init__(
+        self,
+        settings: Settings,
+        models: Mapping[str, ModelEntry],
+        providers: Mapping[str, Provider],
+        capabilities: Mapping[str, Capabilities],
+        webhooks: WebhookStore,
+    ) -> None:
+        self.settings = settings
+        self.models = models
+        self.providers = providers  # the process's own mapping: tests add providers to it
+        self.capabilities = capabilities
+        self.webhooks = webhooks
+        self.image_policy = image_policy(settings)
+        self.webhook_policy = webhook_policy(settings)
+
+    def provider_for(self, key: ApiKey, entry: ModelEntry) -> str:
+        """The provider a task of this key and model is queued for, or a 400 naming what to
+        configure."""
+        if key.is_test:
+            return SANDBOX
+        runnable = entry.provider in self.providers
+        if not runnable and entry.provider not in self.settings.remote_providers:
+            raise InvalidRequest(
+                f'model "{entry.id}" cannot run for this live key: '
+                f"{not_configured_message(entry.provider)}; or use a test key to run it on "
+                "the sandbox",
+                param="model",
+            )
+        return entry.provider
+
+    async def admit(self, key: ApiKey, body: object) -> Admitted:
+        """Parse and check a submit body (every refusal names its field)."""
+        spec = parse_generation_request(
+            body, self.models, allow_http_webhooks=self.settings.allow_http_webhooks
+        )
+        entry = self.models[spec.model]
+        provider = self.provider_for(key, entry)
+        if (capabilities := self.capabilities.get(provider)) is not None:
+            # The upstream refuses some requests its model entry allows (Veo's backends).
+            capabilities.admit(spec)
+        await self.check_images(spec)
+        if spec.webhook_url is not None:
+            await self.check_webhook(key, spec.webhook_url)
+        return Admitted(spec, entry, provider)
+
+    async def check_images(self, spec: GenerationSpec) -> None:
+        """What can be known at submit (scheme, address, data URL contents) is a 400 now;
+        the rest (the fetch itself) fails the task with `invalid_image` later."""
+        for param, source in (
+            ("first_frame_image", spec.first_frame_image),
+            ("last_frame_image", spec.last_frame_image),
+        ):
+            if source is None:
+                continue
+            try:
+                await check_image_source(source, param, self.image_policy)
+            except ImageInputError as exc:
+                raise InvalidRequest(exc.message, param=param) from None
+
+    async def check_webhook(self, key: ApiKey, url: str) -> None:
+        """What can be known at submit: the key can sign, and the target's address is public
+        (or allowed). Delivery checks the address again, since DNS answers change."""
+        if not await self.webhooks.has_secret(key.id):
+            raise InvalidRequest(
+                "this API key has no webhook signing secret (it was created before webhooks "
+                "existed); the operator can give it one with `reelserve keys "
+                "rotate-webhook-secret`",
+                param="webhook_url",
+            )
+        try:
+            await check_destination(url, "webhook_url", self.webhook_policy)
+        except OutboundError as exc:
+            raise InvalidRequest(exc.message, param="webhook_url") from None

@@ -20,11 +20,17 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import uvicorn
 
 from reelserve.api.app import create_app
 from reelserve.cli.main import mint_key
 from reelserve.settings import Settings
+
+# The `server` fixture (conftest.py) runs a test on SQLite and on PostgreSQL. A test whose
+# subject does not depend on the engine (rendering, image fitting) runs on SQLite only: the same
+# session server, once.
+sqlite_only = pytest.mark.parametrize("server", ["sqlite"], indirect=True)
 
 
 def free_port() -> int:

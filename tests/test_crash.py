@@ -24,7 +24,7 @@ def test_sigkill_mid_task_loses_nothing(tmp_path: Path) -> None:
     try:
         key = live.mint("test")
         with live.client(key) as c:
-            long_task = submit(c, {"model": "sandbox", "prompt": "slow", "duration": 12})
+            long_task = submit(c, {"model": "sandbox", "prompt": "slow", "duration": 4})
             others = [
                 submit(c, {"model": "sandbox", "prompt": f"quick {i}", "duration": 1})
                 for i in range(3)

@@ -1,11 +1,15 @@
 """Image-to-video over real HTTP: first (and last) frames match the fitted source images for
-both resize modes and both aspect ratios; unsafe image URLs are refused before any connection."""
+both resize modes and both aspect ratios; unsafe image URLs are refused before any connection.
+
+Image fitting does not depend on the database engine: these run on SQLite only. The seed's
+scenarios 3 and 4 (eight-second clips, one in 1080p) are in the `slow` lane."""
 
 from __future__ import annotations
 
 import base64
 import io
 import itertools
+import re
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,8 +23,9 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from reelserve.media.video import decode_frames
-from tests.support import LiveServer, make_settings, static_server, submit, wait_task
+from tests.support import LiveServer, make_settings, sqlite_only, static_server, submit, wait_task
 
+TASK_ID = re.compile(r"^task_[0-9A-HJKMNP-TV-Z]{26}$")
 QUADRANTS = [(230, 40, 40), (40, 200, 60), (40, 70, 230), (240, 220, 40)]
 
 
@@ -73,6 +78,7 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str
         yield root, base
 
 
+@sqlite_only
 @pytest.mark.parametrize("aspect", ["16:9", "9:16"])
 @pytest.mark.parametrize("mode", ["pad", "crop"])
 def test_first_and_last_frames_match_fitted_images(
@@ -107,6 +113,8 @@ def test_first_and_last_frames_match_fitted_images(
     assert max(steps) < 25
 
 
+@pytest.mark.slow
+@sqlite_only
 def test_seed_scenarios_3_and_4_match_their_images(
     client: httpx.Client, images: tuple[Path, str], tmp_path: Path
 ) -> None:
@@ -126,8 +134,9 @@ def test_seed_scenarios_3_and_4_match_their_images(
         "duration": 8,
         "resolution": "1080p",
     }
-    t3 = wait_task(client, submit(client, scenario_3), timeout=300)
-    t4 = wait_task(client, submit(client, scenario_4), timeout=300)
+    ids = [submit(client, scenario_3), submit(client, scenario_4)]
+    assert all(TASK_ID.match(task_id) for task_id in ids)
+    t3, t4 = (wait_task(client, task_id, timeout=300) for task_id in ids)
     assert t3["status"] == "completed" and t4["status"] == "completed", (t3, t4)
     f3 = _frames(client, t3, tmp_path)
     assert len(f3) == 192
@@ -138,6 +147,7 @@ def test_seed_scenarios_3_and_4_match_their_images(
     assert mad(f4[-1], expected_fit((400, 600), (1920, 1080), "pad", QUADRANTS[::-1])) < 6
 
 
+@sqlite_only
 def test_data_url_input(client: httpx.Client, tmp_path: Path) -> None:
     buf = io.BytesIO()
     quadrant_image(320, 240, QUADRANTS).save(buf, "PNG")
@@ -149,6 +159,7 @@ def test_data_url_input(client: httpx.Client, tmp_path: Path) -> None:
     assert mad(frames[0], expected_fit((320, 240), (1280, 720), "pad", QUADRANTS)) < 6
 
 
+@sqlite_only
 def test_unreachable_or_invalid_image_fails_the_task(
     client: httpx.Client, images: tuple[Path, str]
 ) -> None:

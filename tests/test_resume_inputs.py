@@ -54,7 +54,7 @@ def test_resumed_task_does_not_refetch_its_image(tmp_path: Path) -> None:
         key = live.mint("test")
         with live.client(key) as c:
             url = f"http://127.0.0.1:{httpd.server_address[1]}/frame.png"
-            body = {"model": "sandbox", "prompt": "p", "duration": 12, "first_frame_image": url}
+            body = {"model": "sandbox", "prompt": "p", "duration": 4, "first_frame_image": url}
             task_id = submit(c, body)
             first = start_worker(data_dir, tmp_path / "w1.log")
             wait_progress(c, task_id, 5)  # it fetched the image and is rendering

@@ -52,6 +52,7 @@ def _check(response: httpx.Response) -> None:
         assert set(payload["error"]) == {"message", "type", "param"}
 
 
+@pytest.mark.slow
 @settings(suppress_health_check=[HealthCheck.function_scoped_fixture])  # counts: conftest.py
 @given(body=BODIES, base=st.booleans())
 def test_random_submit_bodies(
@@ -64,6 +65,7 @@ def test_random_submit_bodies(
         _check(c.post("/v1/videos/generations", content=json.dumps(body)))
 
 
+@pytest.mark.slow
 @settings(suppress_health_check=[HealthCheck.function_scoped_fixture])  # counts: conftest.py
 @given(
     raw=st.binary(max_size=64),

@@ -162,6 +162,7 @@ def test_the_documented_constraints_are_the_enforced_ones(idle: tuple[LiveServer
         assert c.get("/v1/videos/generations").headers["allow"] == "POST"
 
 
+@pytest.mark.slow
 def test_schemathesis_finds_no_server_error_or_undocumented_answer(
     idle: tuple[LiveServer, str], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -30,13 +30,12 @@ _IN_CHUNK = 500  # ids per IN (...) list
 
 def _ahead_of(created_at: Any, task_id: Any) -> sa.ColumnElement[bool]:
     """The pending tasks a claim takes before the task (created_at, task_id): claims go in
-    (created_at, id) order (queue.py)."""
+    (created_at, id) order (queue.py). Written so that the queue index (status, created_at)
+    bounds the count to the tasks ahead, rather than every pending task."""
     return sa.and_(
         _p.c.status == PENDING,
-        sa.or_(
-            _p.c.created_at < created_at,
-            sa.and_(_p.c.created_at == created_at, _p.c.id < task_id),
-        ),
+        _p.c.created_at <= created_at,
+        sa.or_(_p.c.created_at < created_at, _p.c.id < task_id),
     )
 
 

@@ -30,7 +30,7 @@ from reelserve.store.db import create_engine, upgrade
 from reelserve.store.queue import FREE_RELEASES, TaskQueue
 from reelserve.store.tables import tasks
 from tests.databases import database_url
-from tests.support import LiveServer, make_settings, submit, wait_task
+from tests.support import LiveServer, make_settings, sqlite_only, submit, wait_task
 
 GENERATIONS = "/v1/videos/generations"
 VIDEOS = "/v1/videos"
@@ -76,6 +76,7 @@ def test_caption_wrap_keeps_short_prompts_whole() -> None:
     assert wrap("a red kite over green hills", font, 150, max_lines=2) == ["a red", "kite..."]
 
 
+@sqlite_only  # a rendering cost: the engine plays no part
 def test_max_length_unbroken_prompt_renders(client: httpx.Client) -> None:
     """Two such submits used to fill a worker for hours; now each finishes like any other."""
     ids = [

@@ -264,11 +264,12 @@ def test_a_signed_token_naming_a_bad_key_is_refused(
     assert not [r for r in caplog.records if r.exc_info]
 
 
+@sqlite_only  # file serving: the engine plays no part
 def test_a_signed_token_naming_a_directory_is_gone(
     client: httpx.Client, anon: httpx.Client
 ) -> None:
     """A task's files live under its id, a directory on local storage: never served."""
-    tid = submit(client, {"model": "sandbox", "prompt": "a directory", "duration": 4})
+    tid = submit(client, {"model": "sandbox", "prompt": "a directory", "duration": 1})
     assert wait_task(client, tid)["status"] == "completed"
     for key in (tid, f"{tid}/inputs", f"{tid}/0.mp4/x"):
         response = anon.get(f"/v1/files/{_forged(key)}")
@@ -376,8 +377,9 @@ def test_a_url_that_cannot_be_used_is_a_400_at_submit(
     assert phrase in error["message"], error["message"]
 
 
+@sqlite_only  # file serving: the engine plays no part
 def test_a_416_is_an_invalid_request_error(client: httpx.Client, anon: httpx.Client) -> None:
-    tid = submit(client, {"model": "sandbox", "prompt": "ranges", "duration": 4})
+    tid = submit(client, {"model": "sandbox", "prompt": "ranges", "duration": 1})
     video = wait_task(client, tid)["result"]["videos"][0]
     size = video["size_bytes"]
     response = anon.get(video["url"][0], headers={"Range": f"bytes={size + 10}-"})

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support import LiveServer, make_settings, submit, wait_task
+from tests.support import LiveServer, make_settings, sqlite_only, submit, wait_task
 
 QUICK = {"model": "sandbox", "prompt": "a red kite over green hills", "duration": 1}
 
@@ -244,6 +244,7 @@ def test_live_key_on_unconfigured_provider(server: LiveServer, live_key: str) ->
         assert task["status"] == "completed"
 
 
+@sqlite_only  # rendering: the engine plays no part
 def test_sample_count_gives_distinct_videos(client_module: httpx.Client) -> None:
     task = wait_task(client_module, submit(client_module, {**QUICK, "sample_count": 3, "seed": 40}))
     videos = task["result"]["videos"]

@@ -22,7 +22,7 @@ pytest.importorskip("diffusers")
 
 from reelserve.domain.models import ModelEntry
 from reelserve.media.video import decode_frames
-from reelserve.providers.diffusers.options import prepare_local_models
+from reelserve.providers.diffusers.catalog import prepare_local_models
 from reelserve.providers.diffusers.provider import DiffusersProvider
 from tests import tiny_pipelines
 

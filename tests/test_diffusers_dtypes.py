@@ -24,7 +24,7 @@ pytest.importorskip("diffusers")
 import torch
 
 from reelserve.domain.models import ModelEntry
-from reelserve.providers.diffusers.options import prepare_local_models
+from reelserve.providers.diffusers.catalog import prepare_local_models
 from reelserve.providers.diffusers.provider import DiffusersProvider
 from tests import tiny_pipelines
 

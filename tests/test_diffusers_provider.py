@@ -32,14 +32,10 @@ pytest.importorskip("diffusers")
 
 from reelserve.domain.models import ModelEntry
 from reelserve.media.video import decode_frames, probe_video
-from reelserve.providers.diffusers.options import (
-    LocalModelError,
-    checkpoint_geometry,
-    derived_size,
-    frame_count,
-    prepare_local_model,
-)
-from reelserve.providers.diffusers.provider import plan_render
+from reelserve.providers.diffusers.catalog import prepare_local_model
+from reelserve.providers.diffusers.checkpoint import checkpoint_geometry, derived_size, frame_count
+from reelserve.providers.diffusers.options import LocalModelError
+from reelserve.providers.diffusers.plan import plan_render
 from reelserve.providers.registry import build_providers
 from tests import tiny_pipelines
 from tests.support import LiveServer, make_settings, submit, wait_task

@@ -30,7 +30,8 @@ pytest.importorskip("peft")  # diffusers loads LoRAs through peft
 import torch
 
 from reelserve.domain.models import ModelEntry
-from reelserve.providers.diffusers.options import LocalModelError, prepare_local_models
+from reelserve.providers.diffusers.catalog import prepare_local_models
+from reelserve.providers.diffusers.options import LocalModelError
 from reelserve.providers.diffusers.provider import DiffusersProvider
 from reelserve.providers.registry import build_providers
 from tests import tiny_pipelines

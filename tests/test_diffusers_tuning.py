@@ -3,9 +3,9 @@
 Which checkpoint a directory holds (Wan 2.1 or 2.2, one expert or two, LTX-Video before or after
 0.9.1, LTX-2.0 or 2.3) is read from its configs; that picks the steps, guidance, scheduler shift
 per resolution, default negative prompt, component dtypes and extra call arguments (see
-`diffusers_options.AUTHORS`). The tiny checkpoints of `tests/tiny_pipelines.py` stand in for the
-published ones; what reaches the pipeline is observed on the pipeline itself and with forward
-hooks on its transformer.
+`providers/diffusers/authors.py:AUTHORS`). The tiny checkpoints of `tests/tiny_pipelines.py`
+stand in for the published ones; what reaches the pipeline is observed on the pipeline itself
+and with forward hooks on its transformer.
 """
 
 from __future__ import annotations
@@ -27,16 +27,16 @@ import torch
 from reelserve.domain.models import ModelEntry
 from reelserve.domain.spec import parse_generation_request
 from reelserve.media.video import decode_frames
-from reelserve.providers.diffusers.options import (
-    WAN_NEGATIVE_PROMPT,
-    Geometry,
+from reelserve.providers.diffusers.authors import WAN_NEGATIVE_PROMPT
+from reelserve.providers.diffusers.catalog import (
     LocalModel,
-    LocalModelError,
-    parse_options,
     prepare_local_model,
     prepare_local_models,
 )
-from reelserve.providers.diffusers.provider import DiffusersProvider, plan_render
+from reelserve.providers.diffusers.checkpoint import Geometry
+from reelserve.providers.diffusers.options import LocalModelError, parse_options
+from reelserve.providers.diffusers.plan import plan_render
+from reelserve.providers.diffusers.provider import DiffusersProvider
 from reelserve.providers.registry import build_providers
 from tests import tiny_pipelines
 from tests.support import make_settings

@@ -27,7 +27,7 @@ def build_providers(settings: Settings) -> dict[str, Provider]:
     local = [m for m in settings.models if m.provider == "diffusers"]
     if local:
         # Validated even where torch is missing, so every host shows the same capabilities.
-        from reelserve.providers.diffusers.options import prepare_local_models
+        from reelserve.providers.diffusers.catalog import prepare_local_models
 
         models = prepare_local_models(local)
         if _local_runtime_installed():

@@ -226,6 +226,7 @@ def test_failed_task_raises_task_failed(live: LiveServer, tmp_path: Path) -> Non
         assert "invalid_image" in str(failed.value)
         task = client.wait(task_id, raise_on_failure=False)
         assert task.error is not None and task.error.code == "invalid_image"
+        assert task.error.type == "invalid_request_error"
 
 
 def test_local_image_file_is_sent_as_a_data_url(live: LiveServer, tmp_path: Path) -> None:

@@ -67,6 +67,7 @@ def test_metrics_after_tasks_ran_in_process(live: LiveServer, tmp_path: Path) ->
             assert wait_task(client, task_id)["status"] == "completed"
         failed = wait_task(client, broken)
         assert failed["status"] == "failed" and failed["error"]["code"] == "invalid_image"
+        assert failed["error"]["type"] == "invalid_request_error"  # the image was the fault
         samples = scrape(client)
 
     # Task gauges from the store, by model and status (configured models show zeros).

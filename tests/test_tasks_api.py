@@ -8,9 +8,17 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jsonschema
 import pytest
 
-from tests.support import LiveServer, make_settings, sqlite_only, submit, wait_task
+from tests.support import (
+    LiveServer,
+    make_settings,
+    sqlite_only,
+    static_server,
+    submit,
+    wait_task,
+)
 
 QUICK = {"model": "sandbox", "prompt": "a red kite over green hills", "duration": 1}
 
@@ -39,6 +47,41 @@ def test_completed_task_view(finished: dict[str, Any]) -> None:
     assert video["seed"] == 7
     assert video["has_audio"] is True
     assert isinstance(video["url"], list) and len(video["url"]) == 1
+
+
+def _closed(schema: Any) -> Any:
+    """`schema` with every object closed (no member beyond its `properties`)."""
+    if isinstance(schema, list):
+        return [_closed(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    closed = {name: _closed(value) for name, value in schema.items()}
+    if "properties" in schema:
+        closed["additionalProperties"] = False
+    return closed
+
+
+def test_views_are_the_documented_task_schema(
+    client_module: httpx.Client, finished: dict[str, Any], tmp_path: Path
+) -> None:
+    """A completed and a failed task's views are what /openapi.json documents, member for
+    member (clients generate code from it); a failed task's error names its type."""
+    with static_server(tmp_path) as images:
+        broken = {**QUICK, "first_frame_image": f"{images}/missing.png"}
+        failed = wait_task(client_module, submit(client_module, broken))
+    assert failed["status"] == "failed", failed
+    assert set(failed["error"]) == {"code", "message", "type"}
+    assert failed["error"]["code"] == "invalid_image"
+    assert failed["error"]["type"] == "invalid_request_error"
+    document = client_module.get("/openapi.json").json()
+    schema = {
+        "$ref": "#/components/schemas/TaskAnswer",
+        "components": {"schemas": _closed(document["components"]["schemas"])},
+    }
+    for view in (finished, failed):
+        jsonschema.validate({"code": 200, "data": view}, schema)
+    listing = client_module.get("/v1/tasks", params={"limit": 2}).json()
+    jsonschema.validate(listing, {**schema, "$ref": "#/components/schemas/TaskPage"})
 
 
 def test_other_keys_see_404(server: LiveServer, finished: dict[str, Any]) -> None:

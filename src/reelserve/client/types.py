@@ -95,10 +95,13 @@ class Withheld:
 
 @dataclass(frozen=True)
 class TaskError:
-    """Why a task failed: a stable machine `code` and a readable `message`."""
+    """Why a task failed: a stable machine `code`, a readable `message`, and whose fault it
+    was (`type`: "invalid_request_error", "upstream_error" or "server_error"; None from a
+    server that does not send it)."""
 
     code: str
     message: str
+    type: str | None = None
 
 
 @dataclass(frozen=True)
@@ -154,7 +157,11 @@ class Task:
             ),
             expired=result.get("expired") is True,
             error=(
-                TaskError(str(error.get("code", "")), str(error.get("message", "")))
+                TaskError(
+                    str(error.get("code", "")),
+                    str(error.get("message", "")),
+                    str(error["type"]) if error.get("type") is not None else None,
+                )
                 if isinstance(error, dict)
                 else None
             ),

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from reelserve.domain.result import TaskResult, TaskView
-from reelserve.domain.task import TaskStatus
+from reelserve.domain.task import ErrorCode, TaskStatus
 from reelserve.store.usage import ModelUsage
 from reelserve.store.webhooks import Attempt, Delivery
 
@@ -74,9 +74,30 @@ def result_json(result: TaskResult, links: Links, *, expired: bool = False) -> d
     return view
 
 
+# A failed task's `error.type` by its `error.code`, in the error envelope's vocabulary
+# (CONTRACT.md), as the hosted API's task-status docs give `code`, `message` and `type`: the
+# request's own fault, the upstream's (a provider, remote or local, that failed or took too
+# long, as a 502 or 504 would be), or this server's.
+ERROR_TYPES: dict[str, str] = {
+    ErrorCode.CONTENT_FILTERED: "invalid_request_error",  # the prompt or an image was refused
+    ErrorCode.INVALID_IMAGE: "invalid_request_error",  # an image could not be fetched or read
+    ErrorCode.UPSTREAM_ERROR: "upstream_error",
+    ErrorCode.TIMEOUT: "upstream_error",
+    ErrorCode.OUT_OF_MEMORY: "server_error",  # this server's GPU
+    ErrorCode.PROVIDER_NOT_CONFIGURED: "server_error",  # the operator's configuration
+    ErrorCode.INTERNAL_ERROR: "server_error",
+}
+
+
+def error_type(code: str) -> str:
+    """The `type` of a task error code; a code this table does not know is the server's."""
+    return ERROR_TYPES.get(code, "server_error")
+
+
 def error_json(code: str | None, message: str | None) -> dict[str, Any]:
-    """A failed task's `error`."""
-    return {"code": code or "internal_error", "message": message or ""}
+    """A failed task's `error`: `code`, `message` and `type`."""
+    code = code or ErrorCode.INTERNAL_ERROR.value
+    return {"code": code, "message": message or "", "type": error_type(code)}
 
 
 def usage_json(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 
@@ -10,13 +10,15 @@ from reelserve.api.auth import Key, Service
 from reelserve.api.envelope import ok
 from reelserve.api.errors import error_responses
 from reelserve.api.inputs import check_language
+from reelserve.api.routes.schemas import TaskAnswer, TaskPage, TaskStatusName
 from reelserve.core.tasks import MAX_LIST_LIMIT
 from reelserve.domain.task import TaskStatus
 
 router = APIRouter(tags=["tasks"])
 # The query parameters' exact values, in the OpenAPI document as enums (LANGUAGES, TaskStatus).
 Language = Literal["en", "zh", "ko", "ja"]
-Status = Literal["pending", "processing", "completed", "failed", "cancelled"]
+Status = TaskStatusName
+ONE_TASK: dict[int | str, dict[str, Any]] = {200: {"model": TaskAnswer, "description": "The task"}}
 
 
 def _base_url(request: Request) -> str:
@@ -26,7 +28,7 @@ def _base_url(request: Request) -> str:
 @router.get(
     "/v1/tasks/{task_id}",
     summary="Get a task's status and result",
-    responses=error_responses(401, 404),
+    responses={**ONE_TASK, **error_responses(401, 404)},
 )
 async def get_task(
     task_id: str,
@@ -44,7 +46,10 @@ async def get_task(
 @router.get(
     "/v1/tasks",
     summary="List the caller's tasks, newest first",
-    responses=error_responses(401),
+    responses={
+        200: {"model": TaskPage, "description": "A page of tasks"},
+        **error_responses(401),
+    },
 )
 async def list_tasks(
     request: Request,
@@ -68,7 +73,9 @@ async def list_tasks(
 
 
 @router.post(
-    "/v1/tasks/{task_id}/cancel", summary="Cancel a task", responses=error_responses(401, 404, 409)
+    "/v1/tasks/{task_id}/cancel",
+    summary="Cancel a task",
+    responses={**ONE_TASK, **error_responses(401, 404, 409)},
 )
 async def cancel_task(task_id: str, request: Request, key: Key, service: Service) -> Response:
     task = await service.tasks.cancel(key, task_id)

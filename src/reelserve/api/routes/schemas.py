@@ -1,0 +1,86 @@
+"""The task view's shape in the OpenAPI document: what `core.views.task_json` renders.
+
+For the document only (routes answer the views' JSON directly, with no validation pass):
+`tests/test_openapi.py` has schemathesis check every answer against these, so they stay true.
+A member the view writes only in some states is optional here and says when it is present.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+TaskStatusName = Literal["pending", "processing", "completed", "failed", "cancelled"]
+
+
+class TaskError(BaseModel):
+    """Why a task failed, as the hosted API's task-status docs give it."""
+
+    code: str = Field(
+        description="stable machine code: content_filtered, upstream_error, timeout, "
+        "invalid_image, out_of_memory, provider_not_configured, internal_error"
+    )
+    message: str
+    type: Literal["invalid_request_error", "upstream_error", "server_error"] = Field(
+        description="whose fault, in the error envelope's terms (docs/api.md lists each code's)"
+    )
+
+
+class Video(BaseModel):
+    url: list[str] = Field(description="one signed link to the MP4")
+    expires_at: int = Field(description="Unix seconds when the links stop working")
+    thumbnail_url: str
+    duration: float
+    width: int
+    height: int
+    fps: float
+    has_audio: bool
+    seed: int | None
+    person_generation: str | None
+    size_bytes: int
+    content_type: Literal["video/mp4"]
+
+
+class Withheld(BaseModel):
+    code: str
+    count: int
+    message: str
+    reasons: list[str]
+
+
+class TaskResult(BaseModel):
+    videos: list[Video]
+    withheld: list[Withheld] | None = Field(
+        None, description="samples the upstream did not deliver, when there are any"
+    )
+    expired: bool | None = Field(None, description="true once the files have been deleted")
+
+
+class Task(BaseModel):
+    """A task, as `GET /v1/tasks/{task_id}`, the listing, cancel, event streams and webhooks
+    show it."""
+
+    id: str
+    status: TaskStatusName
+    progress: int = Field(ge=0, le=100)
+    model: str
+    created: int = Field(description="Unix seconds")
+    estimated_time: int = Field(description="the model's expected seconds from start to end")
+    queue_position: int | None = Field(None, description="while pending: tasks ahead")
+    completed: int | None = Field(None, description="once finished: Unix seconds")
+    actual_time: int | None = Field(None, description="once finished: seconds it took")
+    result: TaskResult | None = Field(None, description="once completed")
+    error: TaskError | None = Field(None, description="once failed")
+
+
+class TaskAnswer(BaseModel):
+    code: Literal[200]
+    data: Task
+
+
+class TaskPage(BaseModel):
+    code: Literal[200]
+    data: list[Task]
+    has_more: bool
+    next_after: str | None = Field(description="the `after` of the next page, when there is one")

@@ -48,6 +48,7 @@ from reelserve.media.images import (
     load_input_image,
     sniff_mime,
 )
+from reelserve.net.guard import AddressRefused, OutboundError, check_destination
 
 PARAM = "first_frame_image"
 LOOPBACK = FetchPolicy(allow_networks=("127.0.0.0/8",), total_timeout=5.0)
@@ -470,6 +471,30 @@ async def test_literal_non_public_addresses_are_refused_at_submit(
         await check_image_source(url, PARAM, STRICT)
     assert f"{label} address ({shown}), which is not allowed" in info.value.message
     assert loopback_only == []
+
+
+async def test_a_refused_image_is_an_image_error_and_a_refused_destination_the_guards() -> None:
+    """The image checks raise `ImageInputError` only, never the guard's `OutboundError` (which
+    webhook code catches); the guard checks a destination such as a webhook URL on its own."""
+    with pytest.raises(ImageInputError) as image:
+        await check_image_source("http://10.0.0.5/cat.png", PARAM, STRICT)
+    assert not isinstance(image.value, OutboundError)
+    with pytest.raises(AddressRefused) as refused:
+        await check_destination("http://10.0.0.5/hook", "webhook_url", STRICT)
+    assert not isinstance(refused.value, ImageInputError)
+    assert refused.value.param == "webhook_url"
+    assert refused.value.message == (
+        'webhook_url host "10.0.0.5" resolves to a private address (10.0.0.5), which is not allowed'
+    )
+    with pytest.raises(OutboundError) as invalid:
+        await check_destination("http://user:pw@8.8.8.8/hook", "webhook_url", STRICT)
+    assert invalid.value.message == "webhook_url URL must not contain credentials (user@host)"
+    target = await check_destination("http://8.8.8.8:8080/hook", "webhook_url", STRICT)
+    assert (target.host, target.port, target.addresses) == (
+        "8.8.8.8",
+        8080,
+        (ipaddress.IPv4Address("8.8.8.8"),),
+    )
 
 
 async def test_message_for_a_private_literal() -> None:

@@ -21,6 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from reelserve.api.openai.mapping import openai_error
+from reelserve.domain.errors import Conflict, InvalidRequest, NotFound
 from reelserve.media.video import decode_frames, probe_video
 from tests.support import LiveServer, make_settings
 
@@ -101,6 +103,11 @@ def test_create_poll_download_list_delete(
     with pytest.raises(openai.NotFoundError) as missing:
         oa.videos.retrieve(created.id)
     assert missing.value.param == "video_id"
+    assert missing.value.body == {
+        "message": f'no video "{created.id}" found',
+        "type": "invalid_request_error",
+        "param": "video_id",
+    }
     assert client.get(f"/v1/tasks/{created.id}").status_code == 404
     assert client.get(link).status_code == 410
     assert created.id not in [v.id for v in oa.videos.list(limit=100).data]
@@ -168,6 +175,13 @@ def test_errors_surface_as_the_packages_exceptions(oa: openai.OpenAI, server: Li
         oa.videos.create(prompt="p", size="1024x1792")
     assert size.value.param == "size" and "1280x720" in size.value.message
 
+    with pytest.raises(openai.BadRequestError) as sized:
+        oa.videos.create(prompt="p", size="1920x1080", seconds="4")  # Veo: 1080p at 8 s only
+    assert sized.value.param == "size"
+    assert sized.value.body["message"] == (
+        'size "1920x1080" on model "veo3.1-fast-official" needs seconds "8" (got "4")'
+    )
+
     with pytest.raises(openai.BadRequestError) as model:
         oa.videos.create(prompt="p", model="no-such-model")
     assert model.value.param == "model" and "sora-2" in model.value.message
@@ -228,8 +242,36 @@ def test_json_bodies_and_idempotency(oa: openai.OpenAI, client: httpx.Client) ->
     assert refused.status_code == 400
     assert refused.json()["error"]["param"] == "input_reference"
     assert "private" in refused.json()["error"]["message"]
+    assert refused.json()["error"]["message"].startswith('input_reference host "10.9.8.7"')
+    for reference in ("ftp://x/cat.png", "data:image/png;base64,@@", "http://x:99999/a.png"):
+        shape = client.post("/v1/videos", json={**body, "input_reference": reference})
+        assert shape.status_code == 400
+        assert shape.json()["error"]["param"] == "input_reference"
+        assert shape.json()["error"]["message"].startswith("input_reference must ")
     assert client.post("/v1/videos", content=b"[1, 2]").status_code == 400
     finished(oa, again.id)
+
+
+def test_service_errors_are_mapped_by_status_and_param_not_by_text() -> None:
+    """The facade renames `param` by its table and makes the not-found message from the id the
+    client sent; a message is never rewritten by what it says."""
+    missing = openai_error(NotFound("whatever the service wrote", param="task_id"), "task_x")
+    assert (type(missing), missing.message, missing.param) == (
+        NotFound, 'no video "task_x" found', "video_id"
+    )  # fmt: skip
+    busy = openai_error(Conflict("task_id task_x is running", param="task_id"), "task_x")
+    assert (type(busy), busy.message, busy.param) == (
+        Conflict,
+        "task_id task_x is running",
+        "video_id",
+    )
+    refused = InvalidRequest('resolution "4K" needs a Vertex AI credential', param="resolution")
+    renamed = openai_error(refused)
+    assert (renamed.status, renamed.type, renamed.param) == (400, "invalid_request_error", "size")
+    assert renamed.message == refused.message
+    own = InvalidRequest("duration is named in the text only", param="prompt")
+    assert openai_error(own) is own
+    assert openai_error(NotFound("no task", param="task_id")).message == "no task"  # no id: kept
 
 
 # -- no input produces a 500 ---------------------------------------------------------------------

@@ -1,9 +1,13 @@
-"""The error envelope on every non-2xx answer: `{"code": N, "error": {message, type, param}}`."""
+"""The error envelope on every non-2xx answer, `{"code": N, "error": {message, type, param}}`:
+the exception handlers that turn every error into one, and how the OpenAPI document shows it.
+
+The bytes are made by `domain/wire.py` and answered by `api/envelope.py`; the `type` of each
+status is `domain.errors.TYPE_BY_STATUS`.
+"""
 
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import re
 from typing import Any, Literal
@@ -14,28 +18,10 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from reelserve.api import envelope
 from reelserve.domain.errors import ReelserveError
 
 log = logging.getLogger("reelserve.api")
-
-TYPE_BY_STATUS = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "invalid_request_error",
-    405: "invalid_request_error",
-    409: "invalid_request_error",
-    410: "invalid_request_error",
-    413: "invalid_request_error",
-    415: "invalid_request_error",
-    416: "invalid_request_error",
-    422: "invalid_request_error",
-    429: "rate_limit_error",
-    502: "upstream_error",
-    503: "upstream_error",
-    504: "upstream_error",
-}
-
 
 ErrorType = Literal[
     "invalid_request_error",
@@ -55,7 +41,7 @@ class ErrorDetail(BaseModel):
 
 
 class ErrorEnvelope(BaseModel):
-    """The body of every non-2xx answer (`envelope` writes it; the OpenAPI document shows it)."""
+    """The body of every non-2xx answer (`domain.wire` writes it; the OpenAPI document shows it)."""
 
     code: int = Field(description="the HTTP status")
     error: ErrorDetail
@@ -90,44 +76,10 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     }
 
 
-def error_type(status: int) -> str:
-    """The envelope's `type` for an HTTP status (CONTRACT.md): any other 4xx is the client's."""
-    return TYPE_BY_STATUS.get(status) or (
-        "invalid_request_error" if 400 <= status < 500 else "server_error"
-    )
-
-
-def json_bytes(body: object) -> bytes:
-    """Compact UTF-8 JSON of an answer. Text that cannot be UTF-8 (a lone surrogate stored before
-    client text was checked) becomes "?" rather than an exception that would turn the answer
-    into a 500."""
-    text = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
-    return text.encode("utf-8", "replace")
-
-
-def envelope(
-    status: int,
-    message: str,
-    *,
-    type_: str | None = None,
-    param: str | None = None,
-    headers: dict[str, str] | None = None,
-) -> Response:
-    error: dict[str, object] = {"message": message, "type": type_ or error_type(status)}
-    error["param"] = param
-    return Response(
-        json_bytes({"code": status, "error": error}),
-        status_code=status,
-        headers=headers,
-        media_type="application/json",
-    )
-
-
 def install(app: FastAPI) -> None:
     @app.exception_handler(ReelserveError)
     async def _domain(_: Request, exc: ReelserveError) -> Response:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-        return envelope(exc.status, exc.message, type_=exc.type, param=exc.param, headers=headers)
+        return envelope.of_error(exc)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
@@ -142,7 +94,7 @@ def install(app: FastAPI) -> None:
         if exc.status_code == 405 and request.method not in getattr(route, "methods", ()):
             # The router's own 405 (not one an endpoint raised): name every method of the path.
             headers["Allow"] = ", ".join(_allowed_methods(request))
-        return envelope(exc.status_code, message, headers=headers or None)
+        return envelope.error(exc.status_code, message, headers=headers or None)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> Response:
@@ -154,12 +106,12 @@ def install(app: FastAPI) -> None:
         message = f"{param or 'request'}: {first.get('msg', 'invalid value')}"
         if isinstance(given, str | int | float):
             message += f" (got {given!r})"
-        return envelope(400, message, param=param)
+        return envelope.error(400, message, param=param)
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> Response:
         log.exception("unhandled error", exc_info=exc)
-        return envelope(500, "internal server error; the server log has the details")
+        return envelope.error(500, "internal server error; the server log has the details")
 
 
 def _allowed_methods(request: Request) -> list[str]:
@@ -181,9 +133,3 @@ def _allowed_methods(request: Request) -> list[str]:
 def _template(path: str) -> re.Pattern[str]:
     """`/v1/tasks/{task_id}` as a regular expression (a parameter is one path segment)."""
     return re.compile(re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(path)))
-
-
-def ok(data: object, **extra: object) -> Response:
-    """A success envelope, serialised directly (no generic encoder pass: the views are plain
-    JSON types already)."""
-    return Response(json_bytes({"code": 200, "data": data, **extra}), media_type="application/json")

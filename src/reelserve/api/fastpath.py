@@ -3,9 +3,9 @@
 `GET /v1/tasks/{task_id}` is what every client calls in a loop, so it is the route whose cost
 decides how many clients one API process carries. FastAPI's routing, dependency injection and
 middleware layers cost more than the request itself (measured in bench/api.py), so this pure
-ASGI middleware answers that one route directly: same authentication, same service call, same
-envelope. Everything else (and anything it does not recognise) goes on to the app, where the
-documented FastAPI route for the same path also lives.
+ASGI middleware answers that one route directly: same authentication, same checks, same service
+call, same envelope bytes (`domain.wire`). Everything else (and anything it does not recognise)
+goes on to the app, where the documented FastAPI route for the same path also lives.
 """
 
 from __future__ import annotations
@@ -18,14 +18,14 @@ from urllib.parse import parse_qsl
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from reelserve.api.auth import key_from_header
-from reelserve.api.errors import json_bytes
-from reelserve.api.inputs import check_params
-from reelserve.domain.errors import InvalidRequest, ReelserveError
+from reelserve.api.envelope import auth_headers, send_json
+from reelserve.api.inputs import check_language, check_params
+from reelserve.core import Reelserve
+from reelserve.domain import wire
+from reelserve.domain.errors import ReelserveError
 from reelserve.metrics import Metrics
-from reelserve.service import LANGUAGES, Reelserve
 
 _TASK_PATH = re.compile(r"/v1/tasks/([^/]+)")
-_JSON = [(b"content-type", b"application/json")]
 ROUTE = "/v1/tasks/{task_id}"
 
 
@@ -45,16 +45,14 @@ class TaskStatusFastPath:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        status, body, extra = await self._answer(scope, service, match.group(1))
-        headers = [*_JSON, (b"content-length", str(len(body)).encode()), *extra]
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        status, body, headers = await self._answer(scope, service, match.group(1))
+        await send_json(send, status, body, headers)
         self.metrics.http_requests.labels("GET", ROUTE, status).inc()
         self.metrics.http_latency.labels(ROUTE).observe(time.perf_counter() - started)
 
     async def _answer(
         self, scope: Scope, service: Reelserve, task_id: str
-    ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    ) -> tuple[int, bytes, dict[str, str]]:
         authorization = host = b""
         for name, value in scope["headers"]:
             if name == b"authorization":
@@ -67,21 +65,11 @@ class TaskStatusFastPath:
             )
             check_params({"task_id": task_id}, query)  # as every route's dependency does
             key = await key_from_header(service, authorization.decode("latin-1") or None)
-            _check_language(query)
+            languages = [value for name, value in query if name == "language"]
+            check_language(languages[-1] if languages else None)
             scheme, root = scope.get("scheme", "http"), scope.get("root_path", "")
             base = f"{scheme}://{host.decode('latin-1')}{root}/"
-            view = await service.task_status(key, task_id, base)
+            view = await service.tasks.status(key, task_id, base)
         except ReelserveError as exc:
-            extra = [(b"www-authenticate", b"Bearer")] if exc.status == 401 else []
-            error = {"message": exc.message, "type": exc.type, "param": exc.param}
-            return exc.status, json_bytes({"code": exc.status, "error": error}), extra
-        return 200, json_bytes({"code": 200, "data": view}), []
-
-
-def _check_language(query: list[tuple[str, str]]) -> None:
-    values = [value for name, value in query if name == "language"]
-    if values and values[-1] not in LANGUAGES:
-        raise InvalidRequest(
-            f"language must be one of {', '.join(LANGUAGES)} (got {values[-1]!r})",
-            param="language",
-        )
+            return exc.status, wire.error_of(exc), auth_headers(exc)
+        return 200, wire.envelope(view), {}

@@ -12,6 +12,8 @@ of these with a 400 that names where in the body the problem is, so every route 
 Path and query parameters are checked by `check_path_and_query`, a dependency of every route
 (and called by `api.fastpath` for the status poll it answers itself): the same text check, so
 `/v1/tasks/%00` is a 400 naming `task_id` on every database rather than a 500 on PostgreSQL.
+`check_language` is the one check of the `language` query parameter (the fast path's and the
+documented route's).
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from fastapi import Request
 from reelserve.domain.errors import InvalidRequest
 from reelserve.domain.text import check_text
 
+# The `language` query parameter's values (CONTRACT.md); messages are in English whichever.
+LANGUAGES = ("en", "zh", "ko", "ja")
 # Submit bodies are flat (an OpenAI `input_reference` object is the deepest member, at two).
 MAX_DEPTH = 32
 # Characters of one number literal: seeds need 10 digits, a float with exponent some 25.
@@ -126,6 +130,14 @@ def check_params(path_params: Mapping[str, object], query: Iterable[tuple[str, s
     for name, value in query:
         check_text(name, "", what="a query parameter name")
         check_text(value, name)
+
+
+def check_language(language: str | None) -> None:
+    """`language` (the language of error messages), where given, is one the service knows."""
+    if language is not None and language not in LANGUAGES:
+        raise InvalidRequest(
+            f"language must be one of {', '.join(LANGUAGES)} (got {language!r})", param="language"
+        )
 
 
 async def check_path_and_query(request: Request) -> None:

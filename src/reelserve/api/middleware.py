@@ -1,27 +1,20 @@
-"""Pure ASGI middlewares (cheaper than BaseHTTPMiddleware on every request): body limit, metrics."""
+"""Pure ASGI middlewares (cheaper than BaseHTTPMiddleware on every request): body limit, metrics.
+
+The body limit answers a `PayloadTooLarge` in the one envelope (`domain.wire`, sent by
+`api.envelope.send_json`), before any route runs.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from reelserve.api.envelope import send_json
+from reelserve.domain import wire
+from reelserve.domain.errors import PayloadTooLarge
 from reelserve.metrics import Metrics
-
-
-def _envelope_413(limit: int) -> bytes:
-    return json.dumps(
-        {
-            "code": 413,
-            "error": {
-                "message": f"request body is larger than the limit of {limit} bytes",
-                "type": "invalid_request_error",
-                "param": None,
-            },
-        }
-    ).encode()
 
 
 class BodyTooLarge(Exception):
@@ -83,19 +76,11 @@ class BodyLimitMiddleware:
                 await self._reject(send)
 
     async def _reject(self, send: Send) -> None:
-        body = _envelope_413(self.max_bytes)
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
+        refused = PayloadTooLarge(
+            f"request body is larger than the limit of {self.max_bytes} bytes"
         )
-        await send({"type": "http.response.body", "body": body})
+        # The connection closes: what the client is still sending was drained, not read.
+        await send_json(send, refused.status, wire.error_of(refused), {"connection": "close"})
 
 
 async def _drain(receive: Receive, seen: int) -> None:

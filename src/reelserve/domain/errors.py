@@ -1,60 +1,94 @@
-"""Errors raised by the domain and service layers; the API maps them onto the error envelope."""
+"""Errors raised by the domain and service layers, and what each HTTP status means on the wire.
+
+`TYPE_BY_STATUS` is the one table of the envelope's `type` by status (CONTRACT.md): an error
+class names only its status, and its `type` is read from the table; the API's handlers, the body
+limit middleware, the status fast path and the OpenAI facade all go through it (`domain/wire.py`
+writes the envelope).
+"""
 
 from __future__ import annotations
 
+TYPE_BY_STATUS = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    405: "invalid_request_error",
+    409: "invalid_request_error",
+    410: "invalid_request_error",
+    413: "invalid_request_error",
+    415: "invalid_request_error",
+    416: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    502: "upstream_error",
+    503: "upstream_error",
+    504: "upstream_error",
+}
+
+
+def error_type(status: int) -> str:
+    """The envelope's `type` for an HTTP status: any other 4xx is the client's, 5xx the server's."""
+    return TYPE_BY_STATUS.get(status) or (
+        "invalid_request_error" if 400 <= status < 500 else "server_error"
+    )
+
 
 class ReelserveError(Exception):
-    """Base class: an error with an HTTP status, an envelope type and an optional field name."""
+    """Base class: an error with an HTTP status and an optional field name; its envelope `type`
+    follows from the status (`error_type`)."""
 
     status: int = 500
-    type: str = "server_error"
 
     def __init__(self, message: str, *, param: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
 
+    @property
+    def type(self) -> str:
+        return error_type(self.status)
+
 
 class InvalidRequest(ReelserveError):
     """The request itself is wrong: names the field, what was expected and what came."""
 
     status = 400
-    type = "invalid_request_error"
 
 
 class NotFound(ReelserveError):
     status = 404
-    type = "invalid_request_error"
 
 
 class Conflict(ReelserveError):
     status = 409
-    type = "invalid_request_error"
 
 
 class Gone(ReelserveError):
     status = 410
-    type = "invalid_request_error"
 
 
 class PayloadTooLarge(ReelserveError):
+    """A request body over `max_body_bytes` (answered by `api.middleware.BodyLimitMiddleware`)."""
+
     status = 413
-    type = "invalid_request_error"
 
 
 class AuthenticationFailed(ReelserveError):
     status = 401
-    type = "authentication_error"
 
 
 class PermissionDenied(ReelserveError):
     status = 403
-    type = "permission_error"
 
 
 class ServiceUnavailable(ReelserveError):
     status = 503
-    type = "upstream_error"
+
+
+def clip(text: str, limit: int = 64) -> str:
+    """Client text shown in a message, at most `limit` characters (an id that is not found)."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def describe(value: object) -> str:

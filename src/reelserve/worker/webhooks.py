@@ -24,7 +24,6 @@ import contextlib
 import dataclasses
 import hashlib
 import hmac
-import json
 import logging
 import random
 import secrets
@@ -34,6 +33,7 @@ from dataclasses import dataclass
 import httpx
 
 from reelserve import __version__
+from reelserve.domain import wire
 from reelserve.net.guard import (
     AddressRefused,
     FetchPolicy,
@@ -171,7 +171,7 @@ class WebhookDeliverer:
             await self.parts.webhooks.drop(delivery.id, token)
             return None
         view = await self.parts.render_task(task, delivery.base_url)
-        payload = json.dumps({"code": 200, "data": view}, separators=(",", ":"), ensure_ascii=False)
+        payload = wire.envelope(view).decode()  # the bytes GET /v1/tasks/{id} answers
         event = f"task.{task.status.value}"
         if not await self.parts.webhooks.save_payload(delivery.id, token, event, payload):
             return None  # the lease was lost meanwhile

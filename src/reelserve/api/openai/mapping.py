@@ -17,8 +17,10 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from reelserve.domain.errors import InvalidRequest, ReelserveError, describe
+from reelserve.domain.errors import InvalidRequest, NotFound, ReelserveError, clip, describe
 from reelserve.domain.models import ModelEntry, frame_size
+from reelserve.domain.spec import check_image_source
+from reelserve.domain.text import check_text
 
 # OpenAI's video states; a cancelled task is a failed video with error code "cancelled".
 STATUS = {
@@ -42,6 +44,7 @@ OPENAI_PARAMS = {
 }
 # reelserve extensions a /v1/videos request may carry too (as form fields or JSON members).
 PASSTHROUGH = ("negative_prompt", "seed", "generate_audio", "webhook_url", "resize_mode")
+REFERENCE = "input_reference"
 _SIZE_RE = re.compile(r"^\s*([0-9]{1,5})\s*[xX]\s*([0-9]{1,5})\s*$")
 _DIGITS = re.compile(r"[0-9]{1,12}")
 
@@ -140,7 +143,7 @@ def reference_source(value: object) -> str | None:
     if value is None or value == "":
         return None
     if isinstance(value, str):
-        return value
+        return _checked_reference(value)
     if isinstance(value, Mapping):
         if value.get("file_id") is not None:
             raise InvalidRequest(
@@ -150,12 +153,36 @@ def reference_source(value: object) -> str | None:
             )
         url = value.get("image_url")
         if isinstance(url, str) and url:
-            return url
+            return _checked_reference(url)
     raise InvalidRequest(
         'input_reference must be an image file, an image URL or {"image_url": URL} '
         f"(got {describe(value)})",
         param="input_reference",
     )
+
+
+def _checked_reference(url: str) -> str | None:
+    """A reference URL the client sent, checked here under its own name (the native checks of
+    the same form would name `first_frame_image`); blank is none, as on the native route."""
+    check_text(url, REFERENCE)
+    if not url.strip():
+        return None
+    check_image_source(url, REFERENCE)
+    return url
+
+
+def _check_size_seconds(
+    entry: ModelEntry, resolution: str, aspect_ratio: str, seconds: int
+) -> None:
+    """A size the model renders only at some durations (Veo: 1080p and 4K at 8 seconds)."""
+    allowed = entry.resolution_durations.get(resolution)
+    if allowed is not None and seconds not in allowed:
+        size = "{}x{}".format(*entry.render_size(resolution, aspect_ratio))
+        needs = " or ".join(f'"{d}"' for d in allowed)
+        raise InvalidRequest(
+            f'size "{size}" on model "{entry.id}" needs seconds {needs} (got "{seconds}")',
+            param="size",
+        )
 
 
 def _form_value(name: str, value: object) -> object:
@@ -184,10 +211,12 @@ def generation_body(
     if prompt is None:
         raise InvalidRequest("prompt is required", param="prompt")
     resolution, aspect_ratio = parse_size(fields.get("size"), entry)
+    seconds = parse_seconds(fields.get("seconds"), entry)
+    _check_size_seconds(entry, resolution, aspect_ratio, seconds)
     body: dict[str, Any] = {
         "model": entry.id,
         "prompt": prompt,
-        "duration": parse_seconds(fields.get("seconds"), entry),
+        "duration": seconds,
         "resolution": resolution,
         "aspect_ratio": aspect_ratio,
     }
@@ -199,19 +228,18 @@ def generation_body(
     return body
 
 
-def openai_error(error: ReelserveError) -> ReelserveError:
-    """An error of the native API, renamed to the OpenAI parameter the client actually sent
-    (`duration` -> `seconds`, `task_id` -> `video_id`, ...); same status and type."""
-    param = error.param
-    if param is None or param not in OPENAI_PARAMS:
+def openai_error(error: ReelserveError, video_id: str | None = None) -> ReelserveError:
+    """An error of the shared service as the facade answers it, chosen by its class (so its
+    status and type) and its `param`, never by its text: a task that is not found is a video
+    that is not found (the message made here, from the id the client sent); any other error
+    keeps its status, type and message, its `param` named as the OpenAI client calls the field
+    (`task_id` -> `video_id`, `first_frame_image` -> `input_reference`, ...)."""
+    if error.param is None or error.param not in OPENAI_PARAMS:
         return error
-    renamed = OPENAI_PARAMS[param]
-    message = error.message
-    if message.startswith(param):
-        message = renamed + message[len(param) :]
-    elif message.startswith("no task "):
-        message = "no video " + message[len("no task ") :]
-    return type(error)(message, param=renamed)
+    param = OPENAI_PARAMS[error.param]
+    if isinstance(error, NotFound) and param == "video_id" and video_id is not None:
+        return NotFound(f'no video "{clip(video_id)}" found', param=param)
+    return type(error)(error.message, param=param)
 
 
 def video_object(

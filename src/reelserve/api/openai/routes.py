@@ -1,7 +1,7 @@
 """The OpenAI-compatible Videos API: `/v1/videos` (create, retrieve, list, delete, content).
 
 HTTP translation only: the request is read here (multipart form, as OpenAI's SDKs send it, or
-JSON), mapped by `domain.openai_compat`, and run by the same service as the native API, so a video
+JSON), mapped by `mapping.py`, and run by the same service as the native API, so a video
 is a task under its own id. Successes answer OpenAI's bare objects; errors keep reelserve's
 envelope, whose `error` member (`message`, `type`, `param`) is where OpenAI's clients read theirs.
 """
@@ -19,17 +19,19 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from reelserve.api.auth import Key, Service
-from reelserve.api.errors import IDEMPOTENCY_KEY_SCHEMA, error_responses, json_bytes
+from reelserve.api.envelope import bare
+from reelserve.api.errors import IDEMPOTENCY_KEY_SCHEMA, error_responses
 from reelserve.api.inputs import parse_json_body
 from reelserve.api.openai import mapping as compat
 from reelserve.api.routes.files import FILE_RESPONSES, get_file
+from reelserve.core import Reelserve
 from reelserve.domain.errors import InvalidRequest, ReelserveError, describe
 from reelserve.domain.spec import MAX_IMAGE_BYTES
-from reelserve.service import Reelserve
+from reelserve.media.images import ImageInputError, check_image_source
 from reelserve.store.queue import TaskRecord
 
 router = APIRouter(tags=["openai-compatible"])
-REFERENCE = "input_reference"
+REFERENCE = compat.REFERENCE
 
 _CREATE_FIELDS: dict[str, Any] = {
     "model": {"type": "string", "description": "an OpenAI model name or a reelserve model id"},
@@ -75,10 +77,6 @@ CREATE_BODY: dict[str, Any] = {
         },
     },
 }
-
-
-def _json(body: dict[str, Any]) -> Response:
-    return Response(json_bytes(body), media_type="application/json")
 
 
 def _video(task: TaskRecord) -> dict[str, Any]:
@@ -148,12 +146,22 @@ def _not_the_submit_route(video_id: str) -> None:
 
 
 @contextlib.contextmanager
-def _openai_names() -> Iterator[None]:
-    """Errors of the shared service, named as the OpenAI client sent them."""
+def _openai_names(video_id: str | None = None) -> Iterator[None]:
+    """Errors of the shared service, named as the OpenAI client sent them (`video_id`: the one
+    this request names)."""
     try:
         yield
     except ReelserveError as exc:
-        raise compat.openai_error(exc) from None
+        raise compat.openai_error(exc, video_id) from None
+
+
+async def _check_reference(service: Reelserve, url: str) -> None:
+    """The image checks of a submit (address, data URL contents), made here under the name the
+    client sent, `input_reference` (the service makes them again, as `first_frame_image`)."""
+    try:
+        await check_image_source(url, REFERENCE, service.admission.image_policy)
+    except ImageInputError as exc:
+        raise InvalidRequest(exc.message, param=REFERENCE) from None
 
 
 def _submit_body(
@@ -184,11 +192,13 @@ async def create_video(
 ) -> Response:
     fields, reference = await _read_create(request)
     body = _submit_body(service, fields, reference)
+    if reference is not None:
+        await _check_reference(service, reference)
     with _openai_names():
-        task = await service.submit(
+        task = await service.tasks.submit(
             key, body, idempotency_key=idempotency_key, base_url=str(request.base_url)
         )
-    return _json(_video(task))
+    return bare(_video(task))
 
 
 @router.get(
@@ -204,10 +214,10 @@ async def list_videos(
     order: Literal["desc"] | None = Query(None, description="newest first (the only order)"),
 ) -> Response:
     compat.check_list_query(limit, order)
-    rows, has_more = await service.list_tasks(
+    rows, has_more = await service.tasks.page(
         key, status=None, model=None, limit=limit, after=after
     )
-    return _json(compat.list_object([_video(t) for t in rows], has_more))
+    return bare(compat.list_object([_video(t) for t in rows], has_more))
 
 
 @router.get(
@@ -217,9 +227,9 @@ async def list_videos(
 )
 async def retrieve_video(video_id: str, key: Key, service: Service) -> Response:
     _not_the_submit_route(video_id)
-    with _openai_names():
-        task = await service.get_task(key, video_id)
-    return _json(_video(task))
+    with _openai_names(video_id):
+        task = await service.tasks.get(key, video_id)
+    return bare(_video(task))
 
 
 @router.delete(
@@ -229,9 +239,9 @@ async def retrieve_video(video_id: str, key: Key, service: Service) -> Response:
 )
 async def delete_video(video_id: str, key: Key, service: Service) -> Response:
     _not_the_submit_route(video_id)
-    with _openai_names():
-        task = await service.delete_task(key, video_id)
-    return _json({"id": task.id, "object": "video.deleted", "deleted": True})
+    with _openai_names(video_id):
+        task = await service.tasks.delete(key, video_id)
+    return bare({"id": task.id, "object": "video.deleted", "deleted": True})
 
 
 @router.head("/v1/videos/{video_id}/content", include_in_schema=False)
@@ -251,7 +261,7 @@ async def video_content(
     ),
 ) -> Response:
     chosen = compat.check_variant(variant)
-    with _openai_names():
-        task = await service.get_task(key, video_id)
-        token = service.result_file_token(task, chosen)
+    with _openai_names(video_id):
+        task = await service.tasks.get(key, video_id)
+        token = service.files.token(task, chosen)
     return await get_file(token, request, service)

@@ -15,8 +15,9 @@ from fastapi import APIRouter, Request, Response
 from starlette.types import Receive, Scope, Send
 
 from reelserve.api.auth import Key, Service
-from reelserve.api.errors import error_responses, json_bytes
+from reelserve.api.errors import error_responses
 from reelserve.api.watch import TaskEvent, TaskEvents, TaskWatcher
+from reelserve.domain import wire
 
 router = APIRouter(tags=["tasks"])
 
@@ -24,7 +25,7 @@ KEEPALIVE = b": keep-alive\n\n"
 
 
 def format_event(seq: int, event: TaskEvent) -> bytes:
-    data = json_bytes(event.view)
+    data = wire.dumps(event.view)
     return f"id: {seq}\nevent: {event.name}\ndata: ".encode() + data + b"\n\n"
 
 

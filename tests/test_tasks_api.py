@@ -269,7 +269,31 @@ def test_models_listing(client_module: httpx.Client, server: LiveServer, live_ke
     with server.client(live_key) as c:
         live = {m["id"]: m for m in c.get("/v1/models").json()["data"]}
     assert live["veo3.1-fast-official"]["available"] is False
+    assert live["veo3.1-fast-official"]["runs_on"] == "google_veo"
     assert live["sandbox"]["available"] is True
+
+
+def test_models_queued_for_remote_workers_are_available(tmp_path: Path) -> None:
+    """A model whose provider runs only on workers elsewhere (`remote_providers`) is accepted
+    at submit, so /v1/models shows it available, running on remote workers."""
+    live = LiveServer(
+        make_settings(tmp_path / "data", remote_providers=["google_veo"]), run_worker=False
+    ).start()
+    try:
+        with live.client(live.mint("live")) as c:
+            models = {m["id"]: m for m in c.get("/v1/models").json()["data"]}
+            veo = models["veo3.1-fast-official"]
+            assert veo["available"] is True and veo["runs_on"] == "remote workers"
+            assert veo["provider"] == "google_veo"
+            assert models["sandbox"]["runs_on"] == "sandbox"  # run by this server
+            body = {"model": "veo3.1-fast-official", "prompt": "queued", "duration": 4}
+            task_id = submit(c, body)
+            assert c.get(f"/v1/tasks/{task_id}").json()["data"]["status"] == "pending"
+        with live.client(live.mint("test")) as c:
+            models = {m["id"]: m for m in c.get("/v1/models").json()["data"]}
+            assert models["veo3.1-fast-official"]["runs_on"] == "sandbox"
+    finally:
+        live.stop()
 
 
 def test_live_key_on_unconfigured_provider(server: LiveServer, live_key: str) -> None:

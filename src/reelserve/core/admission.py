@@ -24,6 +24,8 @@ from reelserve.settings import Settings
 from reelserve.store.keys import ApiKey
 from reelserve.store.webhooks import WebhookStore
 
+REMOTE_WORKERS = "remote workers"  # `runs_on` of a model whose workers run elsewhere
+
 
 def image_policy(settings: Settings) -> FetchPolicy:
     """What client-supplied image URLs may reach (`image_allow_*` settings)."""
@@ -69,20 +71,29 @@ class Admission:
         self.image_policy = image_policy(settings)
         self.webhook_policy = webhook_policy(settings)
 
+    def runs_on(self, key: ApiKey, entry: ModelEntry) -> str | None:
+        """Where this key's tasks of `entry` run: "sandbox" for a test key; the model's
+        provider when this process runs it; `REMOTE_WORKERS` when only workers elsewhere do
+        (`remote_providers`); None when nothing can."""
+        if key.is_test:
+            return SANDBOX
+        if entry.provider in self.providers:
+            return entry.provider
+        if entry.provider in self.settings.remote_providers:
+            return REMOTE_WORKERS
+        return None
+
     def provider_for(self, key: ApiKey, entry: ModelEntry) -> str:
         """The provider a task of this key and model is queued for, or a 400 naming what to
         configure."""
-        if key.is_test:
-            return SANDBOX
-        runnable = entry.provider in self.providers
-        if not runnable and entry.provider not in self.settings.remote_providers:
+        if self.runs_on(key, entry) is None:
             raise InvalidRequest(
                 f'model "{entry.id}" cannot run for this live key: '
                 f"{not_configured_message(entry.provider)}; or use a test key to run it on "
                 "the sandbox",
                 param="model",
             )
-        return entry.provider
+        return SANDBOX if key.is_test else entry.provider
 
     async def admit(self, key: ApiKey, body: object) -> Admitted:
         """Parse and check a submit body (every refusal names its field)."""

@@ -7,12 +7,14 @@ listed (answering live keys with a clear error until Google credentials are conf
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 import secrets
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -184,13 +186,47 @@ class Settings(BaseSettings):
             raise ValueError("every retry delay must be a positive number of seconds")
         return value
 
-    @field_validator("webhook_allow_networks", mode="after")
-    @classmethod
-    def _networks(cls, value: list[str]) -> list[str]:
-        import ipaddress
+    # The outbound policies (image fetching, webhook delivery) are checked here, so a bad value
+    # stops the server at startup with a message naming the setting, not the first submit.
 
+    @field_validator("image_allow_networks", "webhook_allow_networks", mode="after")
+    @classmethod
+    def _networks(cls, value: list[str], info: ValidationInfo) -> list[str]:
         for network in value:
-            ipaddress.ip_network(network, strict=False)  # a ValueError names the bad entry
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError as exc:
+                raise ValueError(
+                    f'{info.field_name}: expected IP networks in CIDR form, such as "10.0.0.0/8" '
+                    f'or "fd00::/8"; got {network!r} ({exc})'
+                ) from None
+        return value
+
+    @field_validator("image_allow_hosts", "webhook_allow_hosts", mode="after")
+    @classmethod
+    def _hosts(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        networks = str(info.field_name).replace("_hosts", "_networks")
+        for host in value:
+            problem = _host_problem(host)
+            if problem is not None:
+                raise ValueError(
+                    f'{info.field_name}: expected host names, such as "images.internal" or '
+                    f'"*.example.com" (addresses go in {networks}); got {host!r}: {problem}'
+                )
+        return value
+
+    @field_validator("image_resolve_overrides", mode="after")
+    @classmethod
+    def _overrides(cls, value: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        for host, address in value.items():
+            problem = _host_problem(host)
+            if problem is None and _ip_address(address) is None:
+                problem = f"{address!r} is not an IP address"
+            if problem is not None:
+                raise ValueError(
+                    f"{info.field_name}: expected host names pinned to IP addresses, such as "
+                    f'{{"images.test": "127.0.0.1"}}; got {host!r}: {address!r}: {problem}'
+                )
         return value
 
     @property
@@ -236,5 +272,35 @@ class Settings(BaseSettings):
             tmp.unlink()
         return path.read_bytes().strip()
 
-    def with_overrides(self, **values: Any) -> Settings:
-        return self.model_copy(update=values)
+
+# A configured host name: labels of letters, digits, "-" and "_" (after IDNA), "*." in front
+# for every subdomain.
+_LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
+_HOST_NAME = re.compile(rf"(?:\*\.)?{_LABEL}(?:\.{_LABEL})*\.?")
+_NUMBER = re.compile(r"(?:0x[0-9a-f]*|[0-9]+)")
+
+
+def _ip_address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(text.strip().strip("[]"))
+    except ValueError:
+        return None
+
+
+def _host_problem(host: str) -> str | None:
+    """What is wrong with a configured host name, or None."""
+    name = host.strip().lower()
+    if _ip_address(name) is not None:
+        return "an IP address, which host names never match"
+    wildcard = name.startswith("*.")
+    try:
+        ascii_name = ("*." if wildcard else "") + name[2 if wildcard else 0 :].encode(
+            "idna"
+        ).decode("ascii")
+    except UnicodeError:
+        return "not a valid international domain name"
+    if not _HOST_NAME.fullmatch(ascii_name):
+        return 'not a host name (no scheme, port, path or "*" but a leading "*.")'
+    if _NUMBER.fullmatch(ascii_name.rstrip(".").rsplit(".", 1)[-1]):
+        return "ends in a number, so it is read as an IPv4 address"
+    return None

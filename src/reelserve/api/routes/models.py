@@ -17,7 +17,8 @@ async def list_models(key: Key, service: Service) -> dict[str, Any]:
     data = []
     for entry in service.models.values():
         item = entry.public()
-        item["available"] = key.is_test or entry.provider in service.providers
-        item["runs_on"] = "sandbox" if key.is_test else entry.provider
+        runs_on = service.admission.runs_on(key, entry)
+        item["available"] = runs_on is not None  # what submit accepts for this key
+        item["runs_on"] = runs_on or entry.provider
         data.append(item)
     return {"code": 200, "object": "list", "data": data}

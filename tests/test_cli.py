@@ -14,12 +14,16 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from reelserve.domain.ids import task_id
 from reelserve.settings import Settings
 from reelserve.store.db import create_engine, head_revision
 from reelserve.store.queue import TaskQueue
 from tests.support import free_port
+
+# Every test runs the real `reelserve` command, a dozen processes each: the slow lane.
+pytestmark = pytest.mark.slow
 
 
 def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

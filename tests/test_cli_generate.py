@@ -51,6 +51,7 @@ def key(live: LiveServer) -> str:
     return live.mint("test", "cli")
 
 
+@pytest.mark.slow
 def test_generate_saves_the_video_and_shows_progress(
     live: LiveServer, key: str, tmp_path: Path
 ) -> None:
@@ -128,6 +129,7 @@ def test_local_first_frame_is_sent_as_a_data_url(
     assert sent["resize_mode"] == "crop"
 
 
+@pytest.mark.slow
 def test_failures_exit_non_zero(live: LiveServer, key: str, tmp_path: Path) -> None:
     refused = run_generate(live, key, "x", "--model", "sandbox", "--duration", "99")
     assert refused.returncode == 1

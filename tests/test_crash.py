@@ -12,11 +12,13 @@ import signal
 from collections import Counter
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 
 from tests.support import LiveServer, make_settings, start_worker, submit, wait_progress, wait_task
 
 
+@pytest.mark.slow
 def test_sigkill_mid_task_loses_nothing(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     live = LiveServer(make_settings(data_dir), run_worker=False).start()

@@ -462,6 +462,7 @@ def test_out_of_memory_fails_the_task_and_the_worker_stays_healthy(
     check_video(client, video, tmp_path / "v.mp4", width=64, height=32, frames=9)
 
 
+@pytest.mark.slow
 def test_worker_device_option_reaches_the_provider(
     tmp_path: Path, checkpoints: dict[str, Path]
 ) -> None:

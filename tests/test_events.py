@@ -261,6 +261,7 @@ def _wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
 
 
 @pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
+@pytest.mark.slow
 def test_stream_from_an_api_process_of_a_task_run_by_a_worker_process(
     engine: str, tmp_path: Path
 ) -> None:

@@ -358,6 +358,7 @@ def test_first_and_last_frame_on_gemini(
     assert last.shape == (180, 320, 3) and last[90, 160][2] > 150
 
 
+@pytest.mark.slow
 def test_4k_goes_upstream_as_4k(client: httpx.Client, fake: FakeGoogle) -> None:
     final = run(client, {"model": FAST, "prompt": "crisp", "duration": 8, "resolution": "4k"})
     assert final["status"] == "completed", final.get("error")
@@ -711,6 +712,7 @@ def _stop(*procs: subprocess.Popen[bytes] | None) -> None:
             proc.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_worker_killed_while_polling_is_resumed_without_a_second_submit(
     api_only: tuple[LiveServer, Path, FakeGoogle], tmp_path: Path
 ) -> None:
@@ -745,6 +747,7 @@ def test_worker_killed_while_polling_is_resumed_without_a_second_submit(
     assert "resuming operation" in (tmp_path / "w2.log").read_text()
 
 
+@pytest.mark.slow
 def test_worker_killed_while_polling_fanned_out_samples_pays_each_sample_once(
     api_only: tuple[LiveServer, Path, FakeGoogle], tmp_path: Path
 ) -> None:
@@ -776,6 +779,7 @@ def test_worker_killed_while_polling_fanned_out_samples_pays_each_sample_once(
     assert_pinned(fake)
 
 
+@pytest.mark.slow
 def test_api_host_without_google_credentials_queues_for_remote_pollers(
     gemini_fake: FakeGoogle, tmp_path: Path
 ) -> None:
@@ -808,6 +812,7 @@ def test_api_host_without_google_credentials_queues_for_remote_pollers(
     assert len(gemini_fake.submits()) == 1
 
 
+@pytest.mark.slow
 def test_worker_killed_mid_submit_fails_clearly_instead_of_paying_twice(
     api_only: tuple[LiveServer, Path, FakeGoogle], tmp_path: Path
 ) -> None:

@@ -98,6 +98,7 @@ def test_metrics_after_tasks_ran_in_process(live: LiveServer, tmp_path: Path) ->
     assert value(samples, "reelserve_event_streams") == 0
 
 
+@pytest.mark.slow
 def test_queue_depth_and_a_worker_process(tmp_path: Path) -> None:
     """An API-only server's gauges come from the store, so they count what a worker process
     does; that worker's own histograms are on its `--metrics-port`."""

@@ -311,6 +311,7 @@ def _no_500(response: httpx.Response) -> None:
     ),
     video=st.text(max_size=30),
 )
+@pytest.mark.slow
 def test_random_requests_never_fail_the_server(
     idle: tuple[LiveServer, str],
     body: dict[str, object],

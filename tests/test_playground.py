@@ -233,6 +233,7 @@ def test_policy_allows_file_links_moved_elsewhere(tmp_path: Path) -> None:
 # -- the whole flow in Chromium ----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_generate_with_a_first_frame_and_play_the_result(
     browser: Any, server: LiveServer, tmp_path: Path
 ) -> None:

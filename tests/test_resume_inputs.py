@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from reelserve.media.video import decode_frames
@@ -28,6 +29,7 @@ def _png(colour: tuple[int, int, int]) -> bytes:
     return buf.getvalue()
 
 
+@pytest.mark.slow
 def test_resumed_task_does_not_refetch_its_image(tmp_path: Path) -> None:
     served = {"body": _png((230, 30, 30))}
     requests: list[str] = []

@@ -24,6 +24,7 @@ def _usage(client: httpx.Client, **params: Any) -> dict[str, Any]:
     return data
 
 
+@pytest.mark.slow
 def test_sandbox_usage_is_recorded_per_key_at_no_cost(server: LiveServer) -> None:
     key = server.mint("test", "usage-a")
     other = server.mint("test", "usage-b")

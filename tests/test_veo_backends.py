@@ -290,7 +290,7 @@ def test_generate_audio(
 
 
 @pytest.mark.parametrize("server", SERVERS)
-@pytest.mark.parametrize("resolution", ["1080p", "4K"])
+@pytest.mark.parametrize("resolution", ["1080p", pytest.param("4K", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("duration", [4, 8])
 def test_high_resolutions(
     servers: dict[str, tuple[LiveServer, str]],

@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 
 from reelserve.core import Reelserve
@@ -51,6 +52,7 @@ async def test_a_provider_that_ignores_a_cancel_fails_its_task(tmp_path: Path) -
         await service.close()
 
 
+@pytest.mark.slow
 def test_a_worker_whose_provider_ignores_shutdown_exits_with_its_lease_released(
     tmp_path: Path,
 ) -> None:

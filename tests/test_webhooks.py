@@ -346,6 +346,7 @@ def test_a_refused_address_at_delivery_is_recorded_and_not_retried(
 # -- durability ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_delivery_survives_a_worker_killed_mid_attempt(
     tmp_path: Path, receiver: Receiver
 ) -> None:
@@ -392,6 +393,7 @@ def test_a_delivery_survives_a_worker_killed_mid_attempt(
         live.stop()
 
 
+@pytest.mark.slow
 def test_a_worker_makes_at_most_webhook_concurrency_deliveries_at_once(
     tmp_path: Path, receiver: Receiver
 ) -> None:
@@ -439,6 +441,7 @@ def _cli(*args: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_keys_create_shows_the_secret_once_and_rotation_replaces_it(
     tmp_path: Path, receiver: Receiver
 ) -> None:

@@ -45,6 +45,7 @@ def _status(client: httpx.Client, task_id: str) -> str:
     return status
 
 
+@pytest.mark.slow
 def test_remote_tasks_do_not_take_compute_slots(fake: FakeGoogle, tmp_path: Path) -> None:
     google = {
         "api_key": KEY,

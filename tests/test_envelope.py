@@ -11,14 +11,15 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 from urllib.parse import quote
 
 import httpx
 import pytest
 
+from reelserve.api.errors import ErrorType
 from reelserve.domain import wire
-from reelserve.domain.errors import PayloadTooLarge
+from reelserve.domain.errors import TYPE_BY_STATUS, PayloadTooLarge, error_type
 from tests.support import LiveServer, make_settings
 
 ID = "tâche-ç"  # not ASCII: an escaping encoder would write \u00e2
@@ -112,3 +113,10 @@ def test_the_413_of_the_middleware_is_the_same_envelope(
     assert answers[0].content == wire.error_of(refused)
     # A handler's 400 on the same server: the same members in the same order, the same encoder.
     assert envelope_of(small, 400)["error"]["type"] == refused.type
+
+
+def test_the_documented_types_are_the_tables() -> None:
+    """The OpenAPI document's `type` enum holds every type the table can give."""
+    given = {error_type(status) for status in range(400, 600)}
+    assert given == {*TYPE_BY_STATUS.values(), "invalid_request_error", "server_error"}
+    assert given <= set(get_args(ErrorType))

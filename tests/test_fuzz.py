@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from reelserve.domain import wire
 from tests.support import LiveServer, make_settings
 
 FIELDS = [
@@ -49,7 +50,8 @@ def _check(response: httpx.Response) -> None:
     payload = response.json()
     assert payload["code"] == response.status_code
     if response.status_code >= 400:
-        assert set(payload["error"]) == {"message", "type", "param"}
+        assert list(payload["error"]) == ["message", "type", "param"]
+        assert response.content == wire.dumps(payload)  # the one encoder's bytes
 
 
 @pytest.mark.slow

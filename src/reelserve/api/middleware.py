@@ -79,7 +79,7 @@ class BodyLimitMiddleware:
         refused = PayloadTooLarge(
             f"request body is larger than the limit of {self.max_bytes} bytes"
         )
-        # The connection closes: what the client is still sending was drained, not read.
+        # Close the connection after it: the rest of the body was drained, not parsed.
         await send_json(send, refused.status, wire.error_of(refused), {"connection": "close"})
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 
 from reelserve.settings import Settings
@@ -40,7 +41,19 @@ def settings_for(data_dir: Path | None, **overrides: Any) -> Settings:
     values: dict[str, Any] = {k: v for k, v in overrides.items() if v is not None}
     if data_dir is not None:
         values["data_dir"] = data_dir
-    return Settings(**values)
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        # A bad setting stops the command before it does anything, saying which and why.
+        for error in exc.errors():
+            where = ".".join(str(part) for part in error["loc"]) or "settings"
+            cause = error.get("ctx", {}).get("error")
+            message = str(cause) if cause is not None else error["msg"]
+            if not message.startswith(where):
+                message = f"{where}: {message}"
+            # Plain text: a terminal-wide wrap would split the setting's name from its value.
+            print(f"invalid setting {message}", file=sys.stderr)
+        raise typer.Exit(2) from None
 
 
 def setup_logging(level: str) -> None:

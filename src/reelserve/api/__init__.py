@@ -1,1 +1,3 @@
-"""HTTP only: routers, auth, the error envelope. Translates HTTP <-> service; no business rules."""
+"""HTTP only: routers, auth, the error envelope, the OpenAI facade and the event streams.
+Translates HTTP <-> `core` (query strings into typed values, results into responses); no
+business rules."""

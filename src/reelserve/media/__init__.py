@@ -1,1 +1,2 @@
-"""Media handling: encoding and probing videos, decoding and fitting input images."""
+"""Media files, and only that: encoding, probing and thumbnailing videos (`video.py`), an
+upstream MP4's streams (`remux.py`), and input images fetched, decoded and fitted (`images/`)."""

@@ -255,6 +255,32 @@ def test_generate_with_a_first_frame_and_play_the_result(
         page.goto(server.url + "/")
         assert page.is_disabled("#model")  # nothing to choose before a key
 
+        # The two image fields, built from one template, each with its own label, ids and
+        # accessible descriptions; the template itself is gone from the page.
+        assert page.locator("template").count() == 0
+        for name, label, frame in (
+            ("first_frame_image", "First frame (PNG, JPEG or WebP file)", "first"),
+            ("last_frame_image", "Last frame (optional, needs a first frame)", "last"),
+        ):
+            file_input = page.get_by_label(label, exact=True)
+            assert file_input.get_attribute("id") == name
+            assert file_input.get_attribute("name") == name
+            assert file_input.get_attribute("type") == "file"
+            described = file_input.get_attribute("aria-describedby")
+            assert described == f"{name}-hint {name}-error"
+            assert page.locator(f"#{name}-hint.hint").count() == 1
+            assert page.is_hidden(f"#{name}-error")
+            url_input = page.locator(f"[data-image={name}]").get_by_label(
+                "or an image URL the server fetches", exact=True
+            )
+            assert url_input.get_attribute("id") == f"{name}_url"
+            assert url_input.get_attribute("aria-describedby") == f"{name}-error"
+            field = page.locator(f"[data-image={name}]")
+            assert field.locator(".preview img").get_attribute("alt") == (
+                f"Preview of the {frame} frame"
+            )
+            assert field.locator(".remove-image").text_content() == f"Remove {frame} frame"
+
         # A wrong key: the 401's message shows next to the key field.
         _use_key(page, "rs_test_not-a-real-key")
         page.wait_for_selector("#api-key-error:not([hidden])")

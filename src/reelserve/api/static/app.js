@@ -24,6 +24,11 @@
     "person_generation", "resize_mode", "enhance_prompt", "webhook_url",
   ];
 
+  const IMAGE_FIELDS = [
+    { name: "first_frame_image", label: "First frame (PNG, JPEG or WebP file)", frame: "first" },
+    { name: "last_frame_image", label: "Last frame (optional, needs a first frame)", frame: "last" },
+  ];
+
   const $ = (id) => document.getElementById(id);
   const el = (tag, attrs = {}, ...children) => {
     const node = document.createElement(tag);
@@ -367,6 +372,33 @@
   function removeImage(name) {
     clearImage(name);
     applyModes();
+  }
+
+  /** The two image fields are one <template id="image-field"> in index.html; put a filled-in
+   * copy of it in its place for each of them. Runs first in init(), before anything looks up
+   * their elements. */
+  function buildImageFields() {
+    const template = $("image-field");
+    const fields = IMAGE_FIELDS.map(({ name, label, frame }) => {
+      const field = template.content.querySelector(".image-field").cloneNode(true);
+      field.dataset.image = name;
+      const [fileLabel, urlLabel] = field.querySelectorAll("label");
+      const fileInput = field.querySelector('input[type="file"]');
+      const urlInput = field.querySelector('input[type="url"]');
+      fileLabel.htmlFor = name;
+      fileLabel.textContent = label;
+      Object.assign(fileInput, { id: name, name });
+      fileInput.setAttribute("aria-describedby", `${name}-hint ${name}-error`);
+      urlLabel.htmlFor = `${name}_url`;
+      urlInput.id = `${name}_url`;
+      urlInput.setAttribute("aria-describedby", `${name}-error`);
+      field.querySelector(".preview img").alt = `Preview of the ${frame} frame`;
+      field.querySelector(".remove-image").textContent = `Remove ${frame} frame`;
+      field.querySelector(".hint").id = `${name}-hint`;
+      field.querySelector(".field-error").id = `${name}-error`;
+      return field;
+    });
+    template.replaceWith(...fields);
   }
 
   // ---- submit -------------------------------------------------------------------------------
@@ -750,6 +782,7 @@
   // ---- wiring -------------------------------------------------------------------------------------
 
   function init() {
+    buildImageFields();
     $("key-form").addEventListener("submit", (event) => { event.preventDefault(); useKey($("api-key").value); });
     $("forget-key").addEventListener("click", forgetKey);
     $("gen-form").addEventListener("submit", submit);

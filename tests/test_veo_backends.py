@@ -304,6 +304,7 @@ def test_high_resolutions(
         check_case(client, fake, server, body)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("server", SERVERS)
 @pytest.mark.parametrize("mode", ["i2v", "flf2v"])
 def test_frames_at_4k(

@@ -23,6 +23,19 @@ hypothesis_settings.register_profile(
 hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+    """`-n auto` (pyproject's addopts) runs one process per core, except for a run of a single
+    file or test: there, starting the workers (each imports the whole suite) costs more than it
+    saves. `-n 2` or PYTEST_XDIST_AUTO_NUM_WORKERS still choose."""
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+        return None
+    targets = [arg for arg in config.args if not arg.startswith("-")]
+    if len(targets) == 1 and ("::" in targets[0] or targets[0].endswith(".py")):
+        return 0
+    return None  # xdist's own count: the cores
+
+
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])
 def server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory

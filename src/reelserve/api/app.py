@@ -21,6 +21,7 @@ from reelserve.api.inputs import check_path_and_query
 from reelserve.api.middleware import BodyLimitMiddleware, MetricsMiddleware
 from reelserve.api.openai import routes as openai_videos
 from reelserve.api.routes import (
+    admin,
     events,
     files,
     generations,
@@ -141,6 +142,7 @@ def create_app(
         app.include_router(module.router)
     app.include_router(openai_videos.router)  # after generations: /v1/videos/{id} is a pattern
     app.include_router(usage.router)
+    app.include_router(admin.router)
 
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)

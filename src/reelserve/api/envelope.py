@@ -45,8 +45,9 @@ def error(
 
 
 def auth_headers(exc: ReelserveError) -> dict[str, str]:
-    """A 401 says which scheme to use (RFC 9110 section 11.6.1)."""
-    return _BEARER if exc.status == 401 else {}
+    """The headers of a domain error's answer: a 401 says which scheme to use (RFC 9110
+    section 11.6.1); an error's own (a 429's `Retry-After`) come with it."""
+    return {**_BEARER, **exc.headers} if exc.status == 401 else exc.headers
 
 
 def of_error(exc: ReelserveError) -> Response:

@@ -51,7 +51,9 @@ class ErrorEnvelope(BaseModel):
 ERROR_DESCRIPTIONS = {
     400: "Invalid request: a field, parameter or body that breaks the contract (never 422)",
     401: "Missing, malformed, unknown or revoked API key",
-    403: "The file link is not valid",
+    403: "Not permitted: the file link is not valid, the key may not use this model, or the "
+    "route is not this kind of key's (an admin key has no tasks; only an admin key uses "
+    "/v1/admin/*)",
     404: "No such task, video or file for this key",
     405: "Method not allowed on this path",
     409: "The task is in a state that does not allow this (not finished, already finished, "
@@ -59,6 +61,8 @@ ERROR_DESCRIPTIONS = {
     410: "The files are no longer available (expired or deleted)",
     413: "The request body is larger than the server's limit",
     416: "The Range is outside the file",
+    429: "The key's submits per minute are used up; Retry-After gives the seconds until one "
+    "more is accepted",
     503: "Not ready: the database or the storage cannot be reached",
 }
 

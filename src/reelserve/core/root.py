@@ -12,8 +12,10 @@ import asyncio
 from dataclasses import dataclass, field
 
 from reelserve.core.access import Access
+from reelserve.core.admin import Admin
 from reelserve.core.admission import Admission
 from reelserve.core.files import Files
+from reelserve.core.limits import SubmitLimits
 from reelserve.core.tasks import Tasks
 from reelserve.domain.models import ModelEntry
 from reelserve.metrics import Metrics
@@ -25,8 +27,10 @@ from reelserve.storage.factory import open_storage
 from reelserve.storage.signing import Signer
 from reelserve.store.db import create_engine, upgrade
 from reelserve.store.keys import KeyStore
+from reelserve.store.limits import LimitReads
 from reelserve.store.queue import TaskQueue
 from reelserve.store.usage import UsageStore
+from reelserve.store.usage_days import DailyUsage
 from reelserve.store.webhooks import WebhookStore
 from reelserve.worker.parts import WorkerParts
 
@@ -46,12 +50,16 @@ class Reelserve:
     metrics: Metrics = field(default_factory=Metrics)
     # The operations, over the parts above.
     access: Access = field(init=False)
+    admin: Admin = field(init=False)
     admission: Admission = field(init=False)
     files: Files = field(init=False)
     tasks: Tasks = field(init=False)
 
     def __post_init__(self) -> None:
         self.access = Access(self.keys, self.webhooks)
+        self.admin = Admin(
+            self.access, self.usage, DailyUsage(self.queue.engine), tuple(self.models)
+        )
         self.admission = Admission(
             self.settings, self.models, self.providers, self.capabilities, self.webhooks
         )
@@ -62,6 +70,7 @@ class Reelserve:
             storage=self.storage,
             admission=self.admission,
             files=self.files,
+            limits=SubmitLimits(LimitReads(self.queue.engine)),
         )
 
     @classmethod

@@ -1,8 +1,9 @@
 """The task operations the routes call: submit, get, list, cancel, delete, and the task's view.
 
 Every operation takes the caller's key and typed values (the routes parse query strings); a task
-of another key is answered as if it did not exist. A finished task never changes, so its view is
-kept for a short while and repeated polls of it cost no database read.
+of another key is answered as if it did not exist; an admin key has no tasks (a 403,
+`core/limits.py`). A submit is held to the key's limits. A finished task never changes, so its
+view is kept for a short while and repeated polls of it cost no database read.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 from reelserve.core.admission import Admission
 from reelserve.core.files import Files
+from reelserve.core.limits import SubmitLimits, require_tenant
 from reelserve.core.views import delivery_json, task_json
 from reelserve.domain.errors import Conflict, InvalidRequest, NotFound
 from reelserve.domain.ids import task_id as new_task_id
@@ -50,8 +52,10 @@ class Tasks:
         storage: Storage,
         admission: Admission,
         files: Files,
+        limits: SubmitLimits,
     ) -> None:
         self.queue = queue
+        self.limits = limits
         self.webhooks = webhooks
         self.storage = storage
         self.admission = admission
@@ -76,6 +80,7 @@ class Tasks:
     ) -> TaskRecord:
         """Queue a generation. `base_url` (the URL the request came to) is kept for the file
         links of the task's webhook when `public_url` is not set."""
+        require_tenant(key)
         admitted = await self.admission.admit(key, body)
         spec = admitted.spec
         task_id = new_task_id()
@@ -95,17 +100,18 @@ class Tasks:
                 )
             bound_to = request_hash(body)
         try:
-            task, created = await self.queue.submit(
-                task_id=task_id,
-                api_key_id=key.id,
-                model=spec.model,
-                provider=admitted.provider,
-                spec=spec.model_dump(mode="json"),
-                estimated_time=admitted.entry.estimated_time,
-                idempotency_key=idempotency_key,
-                request_hash=bound_to,
-                also_insert=also_insert,
-            )
+            async with self.limits.admit(key, spec.model, idempotency_key):
+                task, created = await self.queue.submit(
+                    task_id=task_id,
+                    api_key_id=key.id,
+                    model=spec.model,
+                    provider=admitted.provider,
+                    spec=spec.model_dump(mode="json"),
+                    estimated_time=admitted.entry.estimated_time,
+                    idempotency_key=idempotency_key,
+                    request_hash=bound_to,
+                    also_insert=also_insert,
+                )
         except IdempotencyConflict as exc:
             raise Conflict(
                 f"Idempotency-Key was already used with a different request (task {exc.task.id})",
@@ -117,6 +123,7 @@ class Tasks:
         return task
 
     async def get(self, key: ApiKey, task_id: str) -> TaskRecord:
+        require_tenant(key)
         task = await self.queue.get(task_id, key.id)
         if task is None:
             raise _not_found(task_id)
@@ -126,6 +133,7 @@ class Tasks:
         """`GET /v1/tasks/{id}`: the view of one of the caller's tasks, in one query; a finished
         task's is kept for a while, never past its files' expiry (after which the sweeper marks
         the result expired)."""
+        require_tenant(key)
         cache_key = (key.id, task_id, base_url)
         now = time.monotonic()
         cached = self._finished.get(cache_key)
@@ -164,6 +172,7 @@ class Tasks:
     ) -> tuple[list[TaskRecord], bool]:
         """The caller's tasks, newest first: at most `limit` after the task `after`, and
         whether more follow."""
+        require_tenant(key)
         if not 1 <= limit <= MAX_LIST_LIMIT:
             raise InvalidRequest(
                 f"limit must be between 1 and {MAX_LIST_LIMIT} (got {limit})", param="limit"
@@ -174,6 +183,7 @@ class Tasks:
         return rows[:limit], len(rows) > limit
 
     async def cancel(self, key: ApiKey, task_id: str) -> TaskRecord:
+        require_tenant(key)
         outcome, task = await self.queue.cancel(task_id, key.id)
         if outcome is CancelOutcome.NOT_FOUND or task is None:
             raise _not_found(task_id)

@@ -49,6 +49,11 @@ class ReelserveError(Exception):
     def type(self) -> str:
         return error_type(self.status)
 
+    @property
+    def headers(self) -> dict[str, str]:
+        """HTTP headers the answer carries besides the envelope (a 429's `Retry-After`)."""
+        return {}
+
 
 class InvalidRequest(ReelserveError):
     """The request itself is wrong: names the field, what was expected and what came."""
@@ -80,6 +85,20 @@ class AuthenticationFailed(ReelserveError):
 
 class PermissionDenied(ReelserveError):
     status = 403
+
+
+class RateLimited(ReelserveError):
+    """Too many requests: `retry_after` is the whole seconds until one would be accepted."""
+
+    status = 429
+
+    def __init__(self, message: str, *, param: str | None = None, retry_after: int = 1) -> None:
+        super().__init__(message, param=param)
+        self.retry_after = max(1, int(retry_after))
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
 
 
 class ServiceUnavailable(ReelserveError):

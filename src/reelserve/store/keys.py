@@ -2,6 +2,8 @@
 
 Keys carry 192 random bits, so a fast hash is the right tool (no password stretching needed).
 A key is `live` (runs the model's real provider) or `test` (runs every model on the sandbox).
+It carries its limits (`domain.limits.KeyLimits`), and an admin key (`admin`) only uses the
+admin API. A key is named by its id (`key_...`) or by its shown prefix.
 """
 
 from __future__ import annotations
@@ -10,13 +12,15 @@ import hashlib
 import hmac
 import secrets
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from reelserve.domain.ids import key_id
+from reelserve.domain.limits import LIMIT_FIELDS, KeyLimits
 from reelserve.store.db import begin_write
 from reelserve.store.tables import api_keys
 
@@ -35,10 +39,13 @@ class ApiKey:
     prefix: str
     created_at: float
     revoked_at: float | None
+    limits: KeyLimits = field(default_factory=KeyLimits)
+    admin: bool = False
 
     @classmethod
     def from_row(cls, row: sa.Row[Any]) -> ApiKey:
         m = row._mapping
+        models = m["models"]
         return cls(
             id=m["id"],
             name=m["name"],
@@ -46,6 +53,13 @@ class ApiKey:
             prefix=m["prefix"],
             created_at=m["created_at"],
             revoked_at=m["revoked_at"],
+            limits=KeyLimits(
+                max_running=m["max_running"],
+                rate_per_minute=m["rate_per_minute"],
+                budget=m["budget"],
+                models=tuple(models) if models is not None else None,
+            ),
+            admin=bool(m["admin"]),
         )
 
     @property
@@ -58,13 +72,20 @@ class KeyStore:
         self.engine = engine
 
     async def create(
-        self, mode: KeyMode, name: str = "", *, webhook_secret: str | None = None
+        self,
+        mode: KeyMode,
+        name: str = "",
+        *,
+        webhook_secret: str | None = None,
+        limits: KeyLimits | None = None,
+        admin: bool = False,
     ) -> tuple[ApiKey, str]:
         """Mint a key; the secret is returned once and never stored in clear.
-        `webhook_secret` is the key's webhook signing secret, already sealed (store/webhooks)."""
+        `webhook_secret` is the key's webhook signing secret, already sealed (store/webhooks).
+        An admin key's secret reads `rs_admin_...`."""
         if mode not in ("live", "test"):
             raise ValueError(f"key mode must be live or test, not {mode!r}")
-        secret = f"rs_{mode}_{secrets.token_urlsafe(24)}"
+        secret = f"rs_{'admin' if admin else mode}_{secrets.token_urlsafe(24)}"
         record = ApiKey(
             id=key_id(),
             name=name,
@@ -72,6 +93,8 @@ class KeyStore:
             prefix=secret[:12],
             created_at=time.time(),
             revoked_at=None,
+            limits=limits or KeyLimits(),
+            admin=admin,
         )
         async with begin_write(self.engine) as conn:
             await conn.execute(
@@ -83,6 +106,8 @@ class KeyStore:
                     secret_hash=hash_secret(secret),
                     created_at=record.created_at,
                     webhook_secret=webhook_secret,
+                    admin=admin,
+                    **_limit_values(record.limits.as_json()),
                 )
             )
         return record, secret
@@ -107,22 +132,53 @@ class KeyStore:
             rows = (await conn.execute(sa.select(api_keys).order_by(api_keys.c.id))).all()
         return [ApiKey.from_row(r) for r in rows]
 
+    async def find(self, ident: str) -> ApiKey | None:
+        """The one key with this id (`key_...`) or shown prefix, or None (unknown, or a prefix
+        that several keys share)."""
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(sa.select(api_keys).where(_named(ident)))).all()
+        return ApiKey.from_row(rows[0]) if len(rows) == 1 else None
+
     async def revoke(self, ident: str) -> ApiKey | None:
         """Revoke by id (`key_...`) or by the shown prefix; returns the key, or None if unknown."""
-        column = api_keys.c.id if ident.startswith("key_") else api_keys.c.prefix
+        return await self._change(
+            ident, lambda key: {} if key.revoked_at else {"revoked_at": time.time()}
+        )
+
+    async def update_limits(self, ident: str, changes: Mapping[str, Any]) -> ApiKey | None:
+        """Set the limits named in `changes` (checked: `domain.limits.parse_limit_changes`); a
+        None value clears that limit, a limit not named stays as it was. Returns the key as it
+        now is, or None if no single key matches."""
+        unknown = set(changes) - set(LIMIT_FIELDS)
+        if unknown:
+            raise ValueError(f"not key limits: {sorted(unknown)}")
+        return await self._change(ident, lambda _key: _limit_values(changes))
+
+    async def _change(
+        self, ident: str, values: Callable[[ApiKey], Mapping[str, Any]]
+    ) -> ApiKey | None:
         async with begin_write(self.engine) as conn:
-            rows = (await conn.execute(sa.select(api_keys).where(column == ident))).all()
+            rows = (await conn.execute(sa.select(api_keys).where(_named(ident)))).all()
             if len(rows) != 1:
                 return None
-            await conn.execute(
-                api_keys.update()
-                .where(api_keys.c.id == rows[0]._mapping["id"], api_keys.c.revoked_at.is_(None))
-                .values(revoked_at=time.time())
-            )
-        async with self.engine.connect() as conn:
-            row = (
+            key = ApiKey.from_row(rows[0])
+            changed = values(key)
+            if changed:
                 await conn.execute(
-                    sa.select(api_keys).where(api_keys.c.id == rows[0]._mapping["id"])
+                    api_keys.update().where(api_keys.c.id == key.id).values(**changed)
                 )
-            ).first()
-        return ApiKey.from_row(row) if row is not None else None
+            row = (await conn.execute(sa.select(api_keys).where(api_keys.c.id == key.id))).one()
+        return ApiKey.from_row(row)
+
+
+def _named(ident: str) -> sa.ColumnElement[bool]:
+    column = api_keys.c.id if ident.startswith("key_") else api_keys.c.prefix
+    return column == ident
+
+
+def _limit_values(limits: Mapping[str, Any]) -> dict[str, Any]:
+    """Column values of limits; a JSON column's None must be SQL NULL, not JSON null."""
+    out = dict(limits)
+    if "models" in out:
+        out["models"] = list(out["models"]) if out["models"] is not None else sa.null()
+    return out

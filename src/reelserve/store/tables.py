@@ -18,6 +18,13 @@ api_keys = sa.Table(
     sa.Column("revoked_at", sa.Float, nullable=True),
     # The Standard Webhooks signing secret, sealed with the server's secret (store/webhooks.py).
     sa.Column("webhook_secret", sa.Text, nullable=True),
+    # Limits (domain/limits.py); null is no limit. `models`: a JSON list of allowed model ids.
+    sa.Column("max_running", sa.Integer, nullable=True),
+    sa.Column("rate_per_minute", sa.Integer, nullable=True),
+    sa.Column("budget", sa.Float, nullable=True),  # in the price currency
+    sa.Column("models", sa.JSON, nullable=True),
+    # An admin key only uses /v1/admin/*; it cannot submit or read tasks.
+    sa.Column("admin", sa.Boolean, nullable=False, server_default=sa.false()),
 )
 
 tasks = sa.Table(
@@ -51,6 +58,7 @@ tasks = sa.Table(
     sa.Index("ix_tasks_queue", "status", "created_at"),
     sa.Index("ix_tasks_retention", "finished_at"),
     sa.Index("ix_tasks_owner", "api_key_id", "id"),
+    sa.Index("ix_tasks_key_created", "api_key_id", "created_at"),  # the rate check
     sa.Index("ux_tasks_idempotency", "api_key_id", "idempotency_key", unique=True),
 )
 

@@ -13,6 +13,7 @@ A video's id is its task's id: one task, visible through both APIs.
 from __future__ import annotations
 
 import base64
+import copy
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -239,7 +240,9 @@ def openai_error(error: ReelserveError, video_id: str | None = None) -> Reelserv
     param = OPENAI_PARAMS[error.param]
     if isinstance(error, NotFound) and param == "video_id" and video_id is not None:
         return NotFound(f'no video "{clip(video_id)}" found', param=param)
-    return type(error)(error.message, param=param)
+    renamed = copy.copy(error)  # the same class, status, message and headers (Retry-After)
+    renamed.param = param
+    return renamed
 
 
 def video_object(

@@ -179,7 +179,7 @@ def _submit_body(
 @router.post(
     "/v1/videos",
     summary="Create a video (OpenAI-compatible)",
-    responses=error_responses(401, 409, 413),
+    responses=error_responses(401, 403, 409, 413, 429),
     openapi_extra={"requestBody": CREATE_BODY},
 )
 async def create_video(
@@ -204,7 +204,7 @@ async def create_video(
 @router.get(
     "/v1/videos",
     summary="List videos, newest first (OpenAI-compatible)",
-    responses=error_responses(401),
+    responses=error_responses(401, 403),
 )
 async def list_videos(
     key: Key,
@@ -223,7 +223,7 @@ async def list_videos(
 @router.get(
     "/v1/videos/{video_id}",
     summary="Retrieve a video (OpenAI-compatible)",
-    responses=error_responses(401, 404, 405),
+    responses=error_responses(401, 403, 404, 405),
 )
 async def retrieve_video(video_id: str, key: Key, service: Service) -> Response:
     _not_the_submit_route(video_id)
@@ -235,7 +235,7 @@ async def retrieve_video(video_id: str, key: Key, service: Service) -> Response:
 @router.delete(
     "/v1/videos/{video_id}",
     summary="Delete a video and its files (OpenAI-compatible)",
-    responses=error_responses(401, 404, 405, 409),
+    responses=error_responses(401, 403, 404, 405, 409),
 )
 async def delete_video(video_id: str, key: Key, service: Service) -> Response:
     _not_the_submit_route(video_id)
@@ -249,7 +249,7 @@ async def delete_video(video_id: str, key: Key, service: Service) -> Response:
     "/v1/videos/{video_id}/content",
     summary="Download a video's MP4 or thumbnail",
     response_class=FileResponse,
-    responses={**FILE_RESPONSES, **error_responses(401, 404, 405, 409, 410, 416)},
+    responses={**FILE_RESPONSES, **error_responses(401, 403, 404, 405, 409, 410, 416)},
 )
 async def video_content(
     video_id: str,

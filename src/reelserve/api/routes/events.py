@@ -106,7 +106,7 @@ async def _disconnected(receive: Receive) -> None:
             "final state",
             "content": {"text/event-stream": {}},
         },
-        **error_responses(401, 404),
+        **error_responses(401, 403, 404),
     },
 )
 async def task_events(task_id: str, request: Request, key: Key, service: Service) -> Response:

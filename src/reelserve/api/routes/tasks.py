@@ -28,7 +28,7 @@ def _base_url(request: Request) -> str:
 @router.get(
     "/v1/tasks/{task_id}",
     summary="Get a task's status and result",
-    responses={**ONE_TASK, **error_responses(401, 404)},
+    responses={**ONE_TASK, **error_responses(401, 403, 404)},
 )
 async def get_task(
     task_id: str,
@@ -48,7 +48,7 @@ async def get_task(
     summary="List the caller's tasks, newest first",
     responses={
         200: {"model": TaskPage, "description": "A page of tasks"},
-        **error_responses(401),
+        **error_responses(401, 403),
     },
 )
 async def list_tasks(
@@ -75,7 +75,7 @@ async def list_tasks(
 @router.post(
     "/v1/tasks/{task_id}/cancel",
     summary="Cancel a task",
-    responses={**ONE_TASK, **error_responses(401, 404, 409)},
+    responses={**ONE_TASK, **error_responses(401, 403, 404, 409)},
 )
 async def cancel_task(task_id: str, request: Request, key: Key, service: Service) -> Response:
     task = await service.tasks.cancel(key, task_id)

@@ -16,7 +16,7 @@ router = APIRouter(tags=["usage"])
 UNIX_SECONDS = r"^[0-9]{1,12}(\.[0-9]{1,9})?$"
 
 
-def _seconds(value: str | None) -> float | None:
+def seconds(value: str | None) -> float | None:
     """A time parameter, its form checked against `UNIX_SECONDS`, as a number (or None)."""
     return float(value) if value else None
 
@@ -24,7 +24,7 @@ def _seconds(value: str | None) -> float | None:
 @router.get(
     "/v1/usage",
     summary="The caller's usage: videos, seconds and cost per model",
-    responses=error_responses(401),
+    responses=error_responses(401, 403),
 )
 async def get_usage(
     key: Key,
@@ -36,5 +36,5 @@ async def get_usage(
         None, pattern=UNIX_SECONDS, description="Unix seconds; only usage recorded before then"
     ),
 ) -> Response:
-    report = await usage_report(service.usage, key, since=_seconds(since), until=_seconds(until))
+    report = await usage_report(service.usage, key, since=seconds(since), until=seconds(until))
     return ok(report)

@@ -14,7 +14,7 @@ router = APIRouter(tags=["webhooks"])
 @router.get(
     "/v1/tasks/{task_id}/webhooks",
     summary="List a task's webhook deliveries and their attempts",
-    responses=error_responses(401, 404),
+    responses=error_responses(401, 403, 404),
 )
 async def task_webhooks(task_id: str, key: Key, service: Service) -> Response:
     return ok(await service.tasks.deliveries(key, task_id))

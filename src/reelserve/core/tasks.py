@@ -19,7 +19,7 @@ from typing import Any
 
 from reelserve.core.admission import Admission
 from reelserve.core.files import Files
-from reelserve.core.limits import SubmitLimits, require_tenant
+from reelserve.core.limits import SubmitLimits, check_model, require_tenant
 from reelserve.core.views import delivery_json, task_json
 from reelserve.domain.errors import Conflict, InvalidRequest, NotFound
 from reelserve.domain.ids import task_id as new_task_id
@@ -81,6 +81,9 @@ class Tasks:
         """Queue a generation. `base_url` (the URL the request came to) is kept for the file
         links of the task's webhook when `public_url` is not set."""
         require_tenant(key)
+        named = body.get("model") if isinstance(body, dict) else None
+        if isinstance(named, str) and named in self.admission.models:
+            check_model(key, named)  # a 403 before any check of what the model can do
         admitted = await self.admission.admit(key, body)
         spec = admitted.spec
         task_id = new_task_id()

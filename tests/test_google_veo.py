@@ -9,6 +9,7 @@ against every request kind is tests/test_veo_backends.py.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import itertools
@@ -462,13 +463,41 @@ def test_quota_exhaustion_is_a_queue_not_a_failure(client: httpx.Client, fake: F
 async def test_submit_rate_limiter_spaces_requests() -> None:
     from reelserve.providers.google_veo.credentials import RateLimiter
 
+    async def wait(seconds: float, until: asyncio.Future[Any] | None = None) -> None:
+        await asyncio.sleep(seconds)
+
     limiter = RateLimiter(per_minute=600)  # 10 a second, in bursts of up to 10
     started = time.monotonic()
     for _ in range(12):
-        await limiter.take(lambda: None)
+        await limiter.take(wait)
     # The burst went at once; the 11th and 12th each waited for a token (0.1 s apart).
     assert time.monotonic() - started >= 0.18
     assert limiter.burst == 10
+
+
+async def test_rate_limiter_gives_waiters_turns_in_arrival_order() -> None:
+    """Takes queued behind the rate each wait once, for their own turn, first come first
+    served: none wakes before its turn to look again (a thousand would otherwise herd)."""
+    from reelserve.providers.google_veo.credentials import RateLimiter
+
+    waits: list[float] = []
+    done: list[int] = []
+
+    async def wait(seconds: float, until: asyncio.Future[Any] | None = None) -> None:
+        waits.append(seconds)
+        await asyncio.sleep(seconds)
+
+    limiter = RateLimiter(per_minute=1200, burst=2)  # 20 a second, 2 at once
+
+    async def take(i: int) -> None:
+        await limiter.take(wait)
+        done.append(i)
+
+    await asyncio.gather(*(take(i) for i in range(8)))
+    assert done == list(range(8))
+    assert len(waits) == 6  # the burst of 2 took no wait; each other take waited once
+    assert waits == sorted(waits)
+    assert waits[-1] == pytest.approx(6 * 0.05, abs=0.02)
 
 
 def test_rate_settings_reach_each_credential() -> None:
@@ -481,9 +510,9 @@ def test_rate_settings_reach_each_credential() -> None:
         requests_per_minute=600,
     )
     first, second = build_credentials(settings)
-    assert first.submit_rate is not None and first.submit_rate.per_second == 5 / 60
-    assert second.submit_rate is not None and second.submit_rate.per_second == 50 / 60
-    assert first.request_rate is not None and first.request_rate.per_second == 10
+    assert first.submit_rate is not None and first.submit_rate.per_minute == 5
+    assert second.submit_rate is not None and second.submit_rate.per_minute == 50
+    assert first.request_rate is not None and first.request_rate.per_minute == 600
     assert GoogleSettings().max_concurrency == 1000  # Google limits rates, not operations
 
 

@@ -7,6 +7,7 @@ reporting progress and checkpointing what it needs to resume without paying twic
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -99,6 +100,12 @@ class RunContext(Protocol):
 
     @property
     def cancel_requested(self) -> bool: ...
+
+    async def sleep(self, seconds: float, until: asyncio.Future[Any] | None = None) -> None:
+        """Wait `seconds`, or until `until` is done (a slot handed over, say), holding nothing:
+        remote providers between polls. Cheap with thousands waiting: the worker keeps one
+        timer for all of them. A stop (cancel, shutdown, lease lost) ends the wait at once,
+        raising as `check_cancelled` does."""
 
     async def checkpoint(self, state: dict[str, Any]) -> None:
         """Persist provider state durably before returning (e.g. an upstream operation id)."""

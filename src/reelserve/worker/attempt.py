@@ -33,6 +33,7 @@ from reelserve.store.queue import TaskRecord
 from reelserve.worker.context import LeaseLost, TaskContext, WorkerShutdown
 from reelserve.worker.parts import WorkerParts
 from reelserve.worker.results import record_usage, store_results
+from reelserve.worker.timers import Timers
 
 log = logging.getLogger("reelserve.worker")
 
@@ -46,6 +47,7 @@ class Attempts:
         self.parts = parts
         self.settings = parts.settings
         self.contexts: dict[str, TaskContext] = {}
+        self.timers = Timers()  # every attempt's waits (`TaskContext.sleep`), by due time
         self.completed = 0
         self._on_finished = on_finished  # a finished task's webhook is due now
 
@@ -68,6 +70,7 @@ class Attempts:
             _queue=queue,
             _checkpoint=checkpoint,
             sent_progress=task.progress,
+            _timers=self.timers,
         )
         self.contexts[token] = ctx
         if task.cancel_requested:

@@ -9,6 +9,8 @@ Progress is kept here and written by the worker's batched heartbeat, not by the 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import threading
 import time
 from dataclasses import dataclass, field
@@ -17,6 +19,7 @@ from typing import Any
 
 from reelserve.providers.base import InputImages, TaskCancelled, Withheld
 from reelserve.store.queue import TaskQueue
+from reelserve.worker.timers import Timers
 
 
 class WorkerShutdown(Exception):
@@ -44,6 +47,8 @@ class TaskContext:
     _stopped_at: float | None = None  # time.monotonic() of the stop request
     withheld: list[Withheld] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _timers: Timers = field(default_factory=Timers)  # the worker's, shared by its attempts
+    _waiting: asyncio.Future[None] | None = None  # the current `sleep`, woken by a stop
 
     def report_progress(self, fraction: float) -> None:
         with self._lock:
@@ -60,6 +65,10 @@ class TaskContext:
             if self._stop is None:
                 self._stop = reason
                 self._stopped_at = time.monotonic()
+            waiting = self._waiting
+        if waiting is not None:
+            # Wake the wait now; from another thread, in the wait's own loop.
+            waiting.get_loop().call_soon_threadsafe(_wake, waiting)
 
     @property
     def stopped_at(self) -> float | None:
@@ -87,6 +96,27 @@ class TaskContext:
         if reason == "lost":
             raise LeaseLost(self.task_id)
 
+    async def sleep(self, seconds: float, until: asyncio.Future[Any] | None = None) -> None:
+        """Wait `seconds`, or until `until` is done, as one entry in the worker's due-time heap
+        (`worker/timers.py`); a stop ends the wait at once, raising as `check_cancelled`
+        does."""
+        self.check_cancelled()
+        waiting = self._timers.wait(seconds)
+        if until is not None:
+            if until.done():
+                waiting.cancel()
+                return
+            until.add_done_callback(lambda _: _wake(waiting))
+        with self._lock:
+            self._waiting = waiting
+        try:
+            await waiting
+        finally:
+            with self._lock:
+                self._waiting = None
+            waiting.cancel()  # leaves its heap entry to be dropped when due
+        self.check_cancelled()
+
     async def checkpoint(self, state: dict[str, Any]) -> None:
         self.resume_state = state
         await self._save("provider", state)
@@ -105,3 +135,9 @@ class TaskContext:
         if not await self._queue.checkpoint(self.task_id, self.token, self._checkpoint):
             self.stop("lost")
             raise LeaseLost(self.task_id)
+
+
+def _wake(waiting: asyncio.Future[None]) -> None:
+    with contextlib.suppress(asyncio.InvalidStateError):
+        if not waiting.done():
+            waiting.set_result(None)

@@ -2,9 +2,9 @@
 
 The checkpoint (`state["ops"]`: one entry per operation, saved whole and durably), the task's
 progress (the mean over its samples), cancellation and the task's deadline, and the waiting
-between calls (backoff with jitter, or as long as Google asks; sleeps in short slices so a
-cancellation is noticed promptly, never past the deadline; `retrying` for the calls that may
-simply be sent again). `Done` and `Failed` are what one operation ends with.
+between calls (backoff with jitter, or as long as Google asks; each wait is an entry in the
+worker's due-time heap that a cancellation ends at once, never past the deadline; `retrying` for
+the calls that may simply be sent again). `Done` and `Failed` are what one operation ends with.
 """
 
 from __future__ import annotations
@@ -124,17 +124,12 @@ class Attempt:
             delay = retry_after
         await self.sleep(delay)
 
-    async def sleep(self, seconds: float) -> None:
-        """Sleep in short slices, so a cancellation is noticed promptly; never past the task's
-        deadline (the caller then decides what the deadline means at its step)."""
+    async def sleep(self, seconds: float, until: asyncio.Future[Any] | None = None) -> None:
+        """Wait (`RunContext.sleep`: one entry in the worker's timer heap, ended at once by a
+        cancellation), or until `until` is done; never past the task's deadline (the caller
+        then decides what the deadline means at its step)."""
         left = max(0.0, self.deadline_at - time.time())
-        end = time.monotonic() + min(max(0.0, seconds), left)
-        while True:
-            self.ctx.check_cancelled()
-            remaining = end - time.monotonic()
-            if remaining <= 0:
-                return
-            await asyncio.sleep(min(remaining, 0.25))
+        await self.ctx.sleep(min(max(0.0, seconds), left), until)
 
 
 @dataclass

@@ -15,10 +15,11 @@ Every error answer from Google is counted in `reelserve_upstream_errors_total` (
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import json
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -26,7 +27,7 @@ from urllib.parse import quote, urlsplit
 import httpx
 
 from reelserve.metrics import upstream_error
-from reelserve.providers.google_veo.credentials import Credential, CredentialError
+from reelserve.providers.google_veo.credentials import Credential, CredentialError, Wait
 from reelserve.providers.google_veo.rules import GEMINI
 from reelserve.settings.google import GoogleSettings
 
@@ -34,6 +35,9 @@ PROVIDER = "google_veo"
 MAX_REASON_CHARS = 600
 MAX_ERROR_BODY = 64 * 1024
 HTTP_CONCURRENCY = 32  # requests to Google at once per worker process (polls are short)
+# ... over this many connection pools: httpcore walks every connection of a pool (a readability
+# syscall each) on each request, so one pool of 32 costs a poll several times what 8 of 4 do.
+HTTP_SHARDS = 8
 
 
 def clip(text: str) -> str:
@@ -152,29 +156,47 @@ def retry_after_of(headers: httpx.Headers, details: list[Any]) -> float | None:
 
 
 class GoogleClient:
-    """Calls to Google for one provider: one connection pool per event loop, kept between
-    tasks (a poll is one light GET), and at most `HTTP_CONCURRENCY` requests at once."""
+    """Calls to Google for one provider: connection pools per event loop, kept between tasks
+    (a poll is one light GET), and at most `HTTP_CONCURRENCY` requests at once, each on the
+    least busy of `HTTP_SHARDS` small pools."""
 
     def __init__(self, settings: GoogleSettings) -> None:
         self.settings = settings
-        self._http: httpx.AsyncClient | None = None
+        self._pools: list[httpx.AsyncClient] = []
+        self._busy: list[int] = []
         self._http_loop: asyncio.AbstractEventLoop | None = None
         self._http_slots: asyncio.Semaphore | None = None
 
-    def http(self) -> httpx.AsyncClient:
+    @contextlib.asynccontextmanager
+    async def http(self) -> AsyncIterator[httpx.AsyncClient]:
+        """A client to send one request with, its turn among `HTTP_CONCURRENCY` taken."""
         loop = asyncio.get_running_loop()
-        if self._http is None or self._http_loop is not loop:
-            self._http = httpx.AsyncClient(
-                timeout=httpx.Timeout(self.settings.request_timeout),
-                limits=httpx.Limits(
-                    max_connections=HTTP_CONCURRENCY, max_keepalive_connections=HTTP_CONCURRENCY
-                ),
-                follow_redirects=False,
-                trust_env=False,
-            )
+        if self._http_slots is None or self._http_loop is not loop:
+            per_pool = max(1, HTTP_CONCURRENCY // HTTP_SHARDS)
+            self._pools = [
+                httpx.AsyncClient(
+                    timeout=httpx.Timeout(self.settings.request_timeout),
+                    limits=httpx.Limits(
+                        max_connections=per_pool, max_keepalive_connections=per_pool
+                    ),
+                    follow_redirects=False,
+                    trust_env=False,
+                )
+                for _ in range(HTTP_SHARDS)
+            ]
+            self._busy = [0] * HTTP_SHARDS
             self._http_loop = loop
-            self._http_slots = asyncio.Semaphore(HTTP_CONCURRENCY)
-        return self._http
+            self._http_slots = asyncio.Semaphore(per_pool * HTTP_SHARDS)
+        busy = self._busy
+        # Requests wait their turn here, not in httpcore's pool, whose bookkeeping walks every
+        # queued request and connection on each one (quadratic with thousands of polls).
+        async with self._http_slots:
+            shard = busy.index(min(busy))
+            busy[shard] += 1
+            try:
+                yield self._pools[shard]
+            finally:
+                busy[shard] -= 1
 
     def _vertex_base(self, cred: Credential) -> str:
         if self.settings.vertex_base_url:
@@ -195,20 +217,20 @@ class GoogleClient:
         )
 
     async def submit(
-        self, cred: Credential, model: str, body: dict[str, Any], *, check: Callable[[], None]
+        self, cred: Credential, model: str, body: dict[str, Any], *, wait: Wait
     ) -> dict[str, Any]:
         """`predictLongRunning`: Google's answer names the new operation."""
         url = self.model_url(cred, model) + ":predictLongRunning"
-        return await self.call(cred, "POST", url, body, check=check)
+        return await self.call(cred, "POST", url, body, wait=wait)
 
     async def poll(
-        self, cred: Credential, model: str, operation: str, *, check: Callable[[], None]
+        self, cred: Credential, model: str, operation: str, *, wait: Wait
     ) -> dict[str, Any]:
         """The operation as Google reports it now (`done`, `response` or `error`)."""
         if cred.backend == GEMINI:
-            return await self.call(cred, "GET", f"{self._gemini_base()}/{operation}", check=check)
+            return await self.call(cred, "GET", f"{self._gemini_base()}/{operation}", wait=wait)
         url = self.model_url(cred, model) + ":fetchPredictOperation"
-        return await self.call(cred, "POST", url, {"operationName": operation}, check=check)
+        return await self.call(cred, "POST", url, {"operationName": operation}, wait=wait)
 
     async def call(
         self,
@@ -217,17 +239,15 @@ class GoogleClient:
         url: str,
         body: dict[str, Any] | None = None,
         *,
-        check: Callable[[], None],
+        wait: Wait,
     ) -> dict[str, Any]:
-        """One JSON request with the credential's authentication; GoogleError unless 2xx."""
+        """One JSON request with the credential's authentication; GoogleError unless 2xx.
+        `wait` is how to wait for a turn under the credential's request rate (the task's
+        `RunContext.sleep`)."""
         if cred.request_rate is not None:
-            await cred.request_rate.take(check)
+            await cred.request_rate.take(wait)
         headers = await cred.headers(self.settings.request_timeout)
-        http = self.http()
-        assert self._http_slots is not None
-        # Requests wait their turn here, not in httpcore's pool, whose bookkeeping walks every
-        # queued request and connection on each one (quadratic with thousands of polls).
-        async with self._http_slots:
+        async with self.http() as http:
             response = await http.request(method, url, json=body, headers=headers)
         if response.status_code >= 300:
             raise GoogleError.of(response, response.content[:MAX_ERROR_BODY])
@@ -247,9 +267,12 @@ class GoogleClient:
         url = f"{self._gemini_base()}/files/{file_id}:download"
         headers = await cred.headers(self.settings.request_timeout)
         for hop in range(6):
-            async with self.http().stream(
-                "GET", url, params={"alt": "media"} if hop == 0 else None, headers=headers
-            ) as response:
+            async with (
+                self.http() as http,
+                http.stream(
+                    "GET", url, params={"alt": "media"} if hop == 0 else None, headers=headers
+                ) as response,
+            ):
                 if response.is_redirect:
                     location = response.headers.get("location")
                     if not location:
@@ -269,9 +292,10 @@ class GoogleClient:
         base = self.settings.storage_base_url.rstrip("/")
         url = f"{base}/download/storage/v1/b/{quote(bucket, safe='')}/o/{quote(obj, safe='')}"
         headers = await cred.headers(self.settings.request_timeout)
-        async with self.http().stream(
-            "GET", url, params={"alt": "media"}, headers=headers
-        ) as response:
+        async with (
+            self.http() as http,
+            http.stream("GET", url, params={"alt": "media"}, headers=headers) as response,
+        ):
             await _save_stream(response, path)
 
 

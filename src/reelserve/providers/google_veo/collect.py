@@ -47,7 +47,7 @@ async def poll(run: Attempt, op: dict[str, Any], cred: Credential) -> dict[str, 
         # The deadline is checked after each answer, not before: an operation that finished
         # meanwhile (a resumed attempt after a long outage) is still collected.
         answer = await run.retrying(
-            lambda: run.client.poll(cred, model, name, check=run.ctx.check_cancelled),
+            lambda: run.client.poll(cred, model, name, wait=run.ctx.sleep),
             refused=f"Google refused to report on operation {name}",
             failing="polling Google",
             within_deadline=True,
@@ -114,7 +114,7 @@ async def _download(run: Attempt, cred: Credential, sample: dict[str, Any], path
 
     async def fetch() -> None:
         if cred.request_rate is not None:
-            await cred.request_rate.take(run.ctx.check_cancelled)
+            await cred.request_rate.take(run.ctx.sleep)
         if uri.startswith("gs://"):
             await run.client.download_gcs(cred, uri, path)
         elif cred.backend == GEMINI and (file_id := gemini_file(uri)):

@@ -13,13 +13,12 @@ operation is only visible to its own project).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
@@ -66,6 +65,9 @@ class Credential:
         (refreshed through google-auth in a thread when it is missing or expired)."""
         if self.backend == GEMINI:
             return {"x-goog-api-key": str(self.api_key)}
+        creds = self.google_credentials
+        if creds is not None and creds.valid:  # the usual case: no thread, no lock
+            return {"Authorization": f"Bearer {creds.token}"}
         token = await asyncio.to_thread(self._access_token, refresh_timeout)
         return {"Authorization": f"Bearer {token}"}
 
@@ -79,34 +81,49 @@ class Credential:
             return str(creds.token)
 
 
+class Wait(Protocol):
+    """How a task waits: `RunContext.sleep` (or `Attempt.sleep`, which stops at the task's
+    deadline). One entry in the worker's due-time heap; a stop of the task ends it at once,
+    raising; `until` done ends it early."""
+
+    def __call__(
+        self, seconds: float, until: asyncio.Future[Any] | None = None
+    ) -> Awaitable[None]: ...
+
+
 class RateLimiter:
     """A token bucket: on average `per_minute` takes a minute, in bursts of up to `burst`.
 
-    Shared by every task of one worker process on one credential; a take that finds the
-    bucket empty waits its turn (calling `check()` meanwhile, which raises to stop waiting)."""
-
-    SLICE = 0.25  # seconds between checks of cancellation while waiting
+    Shared by every task of one worker process on one credential. Kept as the time its next
+    token is due (the generic cell rate algorithm): a take reserves the next free turn at once,
+    in arrival order, and waits for it once (`wait`), so a thousand tasks queued behind the rate
+    cost one timer each and none wakes before its turn."""
 
     def __init__(self, per_minute: float, burst: float | None = None) -> None:
-        self.per_second = per_minute / 60.0
+        self.per_minute = per_minute
+        self.interval = 60.0 / per_minute  # seconds per token
         self.burst = max(1.0, burst if burst is not None else min(per_minute / 6.0, 10.0))
-        self.tokens = self.burst
-        self.stamp = time.monotonic()
+        self.tolerance = (self.burst - 1.0) * self.interval  # how far ahead a burst may go
+        self.due = time.monotonic()  # when the bucket would be empty again (theoretical)
 
-    def _refill(self) -> None:
+    def reserve(self) -> float:
+        """Take the next turn; the seconds until it comes (0: now)."""
         now = time.monotonic()
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.per_second)
-        self.stamp = now
+        start = max(now, self.due - self.tolerance)
+        self.due = max(self.due, now) + self.interval
+        return start - now
 
-    async def take(self, check: Callable[[], None]) -> None:
-        while True:
-            check()
-            self._refill()
-            if self.tokens >= 1.0:
-                self.tokens -= 1.0
-                return
-            wait = (1.0 - self.tokens) / self.per_second
-            await asyncio.sleep(min(wait, self.SLICE))
+    async def take(self, wait: Wait) -> None:
+        delay = self.reserve()
+        if delay <= 0:
+            return
+        mine = self.due
+        try:
+            await wait(delay)
+        except BaseException:
+            if self.due == mine:  # nobody queued behind this turn: give it back
+                self.due -= self.interval
+            raise
 
 
 def _limiter(per_minute: float | None) -> RateLimiter | None:
@@ -236,20 +253,18 @@ def build_credentials(settings: GoogleSettings) -> list[Credential]:
 
 
 class CredentialPool:
-    """Round-robin over credentials with a per-credential concurrency limit."""
+    """Round-robin over credentials with a per-credential concurrency limit.
 
-    WAIT_SLICE = 0.25  # seconds between checks of cancellation while every slot is busy
+    While every usable credential is at its limit, a task waits in line (first come, first
+    served); a released slot is handed straight to the first waiter that can use it."""
+
+    WAIT = 60.0  # seconds a waiter sleeps before it looks again (a handed-over slot wakes it)
 
     def __init__(self, credentials: list[Credential]) -> None:
         self.credentials = credentials
         self.by_id = {c.id: c for c in credentials}
         self._turn = 0
-        self._freed: asyncio.Event | None = None
-
-    def _event(self) -> asyncio.Event:
-        if self._freed is None:
-            self._freed = asyncio.Event()
-        return self._freed
+        self._waiters: list[tuple[asyncio.Future[Credential], Callable[[Credential], bool]]] = []
 
     def profiles(self) -> list[Backend]:
         """The distinct backends (with their account's restrictions) configured here."""
@@ -261,21 +276,19 @@ class CredentialPool:
         return [c for c in self.credentials if usable(c) and c.id not in exclude]
 
     async def acquire(
-        self,
-        usable: Callable[[Credential], bool],
-        exclude: set[str],
-        check: Callable[[], None],
+        self, usable: Callable[[Credential], bool], exclude: set[str], wait: Wait
     ) -> Credential | None:
-        """The next usable credential not in `exclude` with a free slot, waiting for one while
-        all are busy (calling `check()` meanwhile, which raises to stop waiting). None when no
+        """The next usable credential not in `exclude` with a free slot, waiting in line for
+        one while all are busy (`wait`, which raises when the task stops). None when no
         credential is usable at all."""
-        freed = self._event()
+
+        def fits(cred: Credential) -> bool:
+            return usable(cred) and cred.id not in exclude
+
         while True:
-            check()
             choices = self.candidates(usable, exclude)
             if not choices:
                 return None
-            freed.clear()
             count = len(self.credentials)
             for step in range(count):
                 index = (self._turn + step) % count
@@ -284,21 +297,44 @@ class CredentialPool:
                     cred.in_flight += 1
                     self._turn = (index + 1) % count
                     return cred
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(freed.wait(), self.WAIT_SLICE)
+            handed = await self._wait_in_line(fits, wait)
+            if handed is not None:
+                return handed
 
-    async def acquire_pinned(self, cred: Credential, check: Callable[[], None]) -> None:
+    async def acquire_pinned(self, cred: Credential, wait: Wait) -> None:
         """A slot on this very credential (a resumed task polls with the one it used)."""
-        freed = self._event()
-        while True:
-            check()
-            freed.clear()
-            if cred.in_flight < cred.max_concurrency:
-                cred.in_flight += 1
+        while cred.in_flight >= cred.max_concurrency:
+            if await self._wait_in_line(lambda c: c is cred, wait) is not None:
                 return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(freed.wait(), self.WAIT_SLICE)
+        cred.in_flight += 1
+
+    async def _wait_in_line(
+        self, fits: Callable[[Credential], bool], wait: Wait
+    ) -> Credential | None:
+        """Wait for a slot `release` hands over (the credential, its slot already counted),
+        or None after `WAIT` seconds, to look again."""
+        handed: asyncio.Future[Credential] = asyncio.get_running_loop().create_future()
+        entry = (handed, fits)
+        self._waiters.append(entry)
+        try:
+            await wait(self.WAIT, handed)
+        except BaseException:
+            if handed.done() and not handed.cancelled():
+                self.release(handed.result())  # handed over as this task stopped: pass it on
+            raise
+        finally:
+            if entry in self._waiters:
+                self._waiters.remove(entry)
+            if not handed.done():
+                handed.cancel()
+        return handed.result() if handed.done() and not handed.cancelled() else None
 
     def release(self, cred: Credential) -> None:
+        """Free a slot: hand it to the first waiter that can use it, else count it free."""
+        for entry in self._waiters:
+            handed, fits = entry
+            if not handed.done() and fits(cred):
+                self._waiters.remove(entry)
+                handed.set_result(cred)
+                return
         cred.in_flight = max(0, cred.in_flight - 1)
-        self._event().set()

@@ -46,7 +46,7 @@ def usable(spec: GenerationSpec, samples: int) -> Callable[[Credential], bool]:
 
 async def acquire(run: Attempt, samples: int, exclude: set[str] | None = None) -> Credential:
     """A slot on a credential that serves the spec and gives `samples` per request."""
-    cred = await run.pool.acquire(usable(run.spec, samples), exclude or set(), run.check)
+    cred = await run.pool.acquire(usable(run.spec, samples), exclude or set(), run.sleep)
     if cred is None:
         refused = rules.refusal(run.spec, run.pool.profiles())
         why = refused[1] if refused else "no configured credential serves it"
@@ -84,7 +84,8 @@ async def submit(run: Attempt, op: dict[str, Any], first: Credential | None) -> 
         model = upstream_model(run.entry, cred.backend)
         try:
             if cred.submit_rate is not None:
-                await cred.submit_rate.take(run.check)
+                await cred.submit_rate.take(run.sleep)
+                run.check()
             body = request_body(
                 spec,
                 cred.profile,
@@ -104,7 +105,7 @@ async def submit(run: Attempt, op: dict[str, Any], first: Credential | None) -> 
             # From here until the operation name is checkpointed, a crash leaves this mark,
             # and the next attempt does not send this request again.
             await run.save()
-            answer = await run.client.submit(cred, model, body, check=ctx.check_cancelled)
+            answer = await run.client.submit(cred, model, body, wait=ctx.sleep)
         except asyncio.CancelledError:
             pool.release(cred)
             raise

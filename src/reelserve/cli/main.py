@@ -3,8 +3,9 @@
 This module only assembles the command groups; each lives in its own module: `serve.py` (serve,
 migrate), `worker.py`, `generate.py`, `keys.py`, `tasks.py`. Operators script these, so the
 forms are fixed: `reelserve serve --host H --port P --data-dir DIR` and `reelserve keys create
-(--test|--live) [--name N] --data-dir DIR`, which prints the new key alone on the last line of
-standard output (its webhook signing secret on the line before).
+(--test|--live) [--name N] [--max-running N] [--rate N] [--budget X] [--models a,b] [--admin]
+--data-dir DIR`, which prints the new key alone on the last line of standard output (its webhook
+signing secret on the line before); `keys update` and `keys show` are in `keys.py`.
 """
 
 from __future__ import annotations

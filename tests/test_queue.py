@@ -220,6 +220,56 @@ async def test_concurrent_claims_never_share_a_task(queue: TaskQueue) -> None:
     assert len(set(flat)) == len(flat)
 
 
+async def test_claim_many_takes_the_oldest_each_under_its_own_token(queue: TaskQueue) -> None:
+    ids = [await _submit(queue) for _ in range(7)]
+    first = await queue.claim_many("w:1:", 5, lease_seconds=30, max_attempts=3)
+    assert [t.id for t in first] == ids[:5]  # oldest first, at most the limit
+    assert [t.lease_owner for t in first] == [f"w:1:{t.id}" for t in first]
+    assert all(t.status is TaskStatus.PROCESSING and t.attempts == 1 for t in first)
+    rest = await queue.claim_many("w:2:", 5, lease_seconds=30, max_attempts=3)
+    assert [t.id for t in rest] == ids[5:]
+    assert await queue.claim_many("w:3:", 5, lease_seconds=30, max_attempts=3) == []
+    # Each token fences its own task only.
+    assert await queue.checkpoint(ids[0], f"w:1:{ids[0]}", {"n": 1})
+    assert not await queue.checkpoint(ids[1], f"w:1:{ids[0]}", {"n": 1})
+
+
+async def test_concurrent_batch_claims_never_share_a_task(queue: TaskQueue) -> None:
+    ids = {await _submit(queue) for _ in range(60)}
+
+    async def drain(name: str) -> list[str]:
+        got: list[str] = []
+        while batch := await queue.claim_many(f"{name}:", 7, lease_seconds=30, max_attempts=3):
+            got.extend(t.id for t in batch)
+        return got
+
+    results = await asyncio.gather(*(drain(f"w{i}") for i in range(4)))
+    flat = [t for r in results for t in r]
+    assert sorted(flat) == sorted(ids)
+    assert len(set(flat)) == len(flat)
+
+
+async def test_grouped_writes_keep_each_fence(queue: TaskQueue) -> None:
+    """Fenced writes of many attempts at one moment share transactions (group commit), and
+    each still changes only its own task, only under its own token."""
+    ids = [await _submit(queue) for _ in range(150)]
+    claimed = await queue.claim_many("g:", 150, lease_seconds=30, max_attempts=3)
+    assert len(claimed) == 150
+    before = queue.writes.groups
+    writes = []
+    for i, tid in enumerate(ids):
+        token = f"g:{tid}" if i % 2 == 0 else "g:someone-else"
+        writes.append(queue.checkpoint(tid, token, {"i": i}))
+    results = await asyncio.gather(*writes)
+    assert results == [i % 2 == 0 for i in range(150)]
+    groups = queue.writes.groups - before
+    assert 3 <= groups < 10, groups  # 150 writes in a few transactions of at most 64
+    for i, tid in enumerate(ids[:6]):
+        task = await queue.get(tid)
+        assert task is not None
+        assert task.checkpoint == ({"i": i} if i % 2 == 0 else None)
+
+
 async def test_idempotency_window_and_conflict(queue: TaskQueue) -> None:
     async def submit(key: str, h: str) -> tuple[str, bool]:
         task, created = await queue.submit(

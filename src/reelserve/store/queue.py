@@ -3,7 +3,9 @@ cancel and release. The task row is the single source of truth; the SQL is kept 
 
 Every write a worker makes to a task it runs goes through `_fenced`: the update names the lease
 token it was given and `status = 'processing'`, so a worker whose lease expired (and whose task
-was resumed elsewhere) can neither report progress nor finish the task a second time.
+was resumed elsewhere) can neither report progress nor finish the task a second time. Those
+writes are group-committed (`store/groups.py`): many attempts' checkpoints and outcomes share a
+transaction, each with its own fenced statement and row count.
 Transitions are exactly pending -> processing -> completed | failed | cancelled, plus
 pending -> cancelled. The reads are in task_reads.py, the reaper and retention in
 task_maintenance.py; `TaskQueue` offers all of them.
@@ -21,10 +23,11 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from reelserve.domain.result import TaskResult
 from reelserve.store.db import begin_write
+from reelserve.store.groups import WriteGroups
 from reelserve.store.reads import SqliteReader, sqlite_path
 from reelserve.store.tables import tasks
 from reelserve.store.task_maintenance import TaskMaintenance
@@ -86,6 +89,7 @@ def _raised(progress: int | sa.BindParameter[int]) -> sa.ColumnElement[int]:
 class TaskQueue(TaskReads, TaskMaintenance):
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        self.writes = WriteGroups(engine)  # the fenced writes of running tasks, grouped
         path = sqlite_path(str(engine.url))
         self.reader = SqliteReader(path) if path is not None else None
 
@@ -239,9 +243,51 @@ class TaskQueue(TaskReads, TaskMaintenance):
         providers: Collection[str] | None = None,
         models: Collection[str] | None = None,
     ) -> TaskRecord | None:
-        """Take the oldest runnable task: a pending one, or a processing one whose lease expired
-        (its worker died) and that has attempts left. `FOR UPDATE SKIP LOCKED` on PostgreSQL;
-        SQLite serialises writers, which makes the single UPDATE atomic there."""
+        """Take the oldest runnable task under the lease token `token` (`claim_many`)."""
+        claimed = await self._claim(
+            sa.literal(token, sa.String),
+            1,
+            lease_seconds=lease_seconds,
+            max_attempts=max_attempts,
+            providers=providers,
+            models=models,
+        )
+        return claimed[0] if claimed else None
+
+    async def claim_many(
+        self,
+        prefix: str,
+        limit: int,
+        *,
+        lease_seconds: float,
+        max_attempts: int,
+        providers: Collection[str] | None = None,
+        models: Collection[str] | None = None,
+    ) -> list[TaskRecord]:
+        """Take up to `limit` runnable tasks, oldest first, in one statement: a pending one, or a
+        processing one whose lease expired (its worker died) and that has attempts left. Each
+        gets its own lease token, `prefix` followed by its id (`lease_token`). `FOR UPDATE SKIP
+        LOCKED` on PostgreSQL; SQLite serialises writers, which makes the single UPDATE atomic
+        there."""
+        return await self._claim(
+            sa.literal(prefix, sa.String) + tasks.c.id,
+            limit,
+            lease_seconds=lease_seconds,
+            max_attempts=max_attempts,
+            providers=providers,
+            models=models,
+        )
+
+    async def _claim(
+        self,
+        owner: sa.ColumnElement[str],
+        limit: int,
+        *,
+        lease_seconds: float,
+        max_attempts: int,
+        providers: Collection[str] | None,
+        models: Collection[str] | None,
+    ) -> list[TaskRecord]:
         now = time.time()
         runnable = sa.or_(
             tasks.c.status == PENDING,
@@ -256,14 +302,18 @@ class TaskQueue(TaskReads, TaskMaintenance):
             pick = pick.where(tasks.c.provider.in_(list(providers)))
         if models is not None:
             pick = pick.where(tasks.c.model.in_(list(models)))
-        pick = pick.order_by(tasks.c.created_at, tasks.c.id).limit(1)
-        pick = pick.with_for_update(skip_locked=True)
+        pick = pick.order_by(tasks.c.created_at, tasks.c.id).limit(max(1, limit))
+        # A materialised CTE: PostgreSQL then picks (and locks, skipping locked rows) once; an
+        # `IN (subquery)` may be run again per row, each run skipping differently.
+        picked = pick.with_for_update(skip_locked=True).cte("picked")
+        if self.is_postgres:
+            picked = picked.prefix_with("MATERIALIZED")
         stmt = (
             tasks.update()
-            .where(tasks.c.id == pick.scalar_subquery(), runnable)
+            .where(tasks.c.id.in_(sa.select(picked.c.id)), runnable)
             .values(
                 status=PROCESSING,
-                lease_owner=token,
+                lease_owner=owner,
                 lease_expires_at=now + lease_seconds,
                 attempts=tasks.c.attempts + 1,
                 started_at=sa.func.coalesce(tasks.c.started_at, now),
@@ -272,8 +322,10 @@ class TaskQueue(TaskReads, TaskMaintenance):
             .returning(*tasks.c)
         )
         async with begin_write(self.engine) as conn:
-            row = (await conn.execute(stmt)).first()
-        return TaskRecord.from_row(row) if row is not None else None
+            rows = (await conn.execute(stmt)).all()
+        claimed = [TaskRecord.from_row(row) for row in rows]
+        claimed.sort(key=lambda t: (t.created_at, t.id))
+        return claimed
 
     async def heartbeat(
         self, task_id: str, token: str, *, lease_seconds: float, progress: int | None = None
@@ -365,10 +417,14 @@ class TaskQueue(TaskReads, TaskMaintenance):
         )
 
     async def _write_fenced(self, task_id: str, token: str, **values: Any) -> bool:
-        """One fenced update (`_fenced`); whether it changed the row."""
-        async with begin_write(self.engine) as conn:
-            done = await conn.execute(_fenced(task_id, token).values(**values))
-        return bool(done.rowcount)
+        """One fenced update (`_fenced`), in a group commit with the other attempts' writes of
+        the moment (`store/groups.py`); whether it changed the row."""
+        stmt = _fenced(task_id, token).values(**values)
+
+        async def write(conn: AsyncConnection) -> bool:
+            return bool((await conn.execute(stmt)).rowcount)
+
+        return await self.writes.run(write)
 
     async def release(self, task_id: str, token: str, *, refund_attempt: bool = True) -> bool:
         """Give a lease back at once (graceful shutdown): the task stays `processing`, its lease

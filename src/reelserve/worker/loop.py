@@ -1,8 +1,9 @@
 """The claim loop every worker runs: task attempts and webhook deliveries alike.
 
 Work comes in *lanes*, each with its own bound: a worker's compute tasks, its remote tasks and
-its webhook deliveries. The loop claims in every lane that wants work and has room, one claim at
-a time and again while claims succeed (until the lane is full or finds nothing), then sleeps
+its webhook deliveries. The loop claims in every lane that wants work and has room (a claim may
+take several items at once, up to the room left), and again while claims succeed (until the
+lane is full or finds nothing), then sleeps
 until a lane is woken (a submit in this process, a NOTIFY, a finished job freeing a slot, a
 finished task's webhook) or the poll interval passes, which wakes every lane. It never waits on
 the jobs themselves: a job's end wakes its lane through a done-callback, so thousands of jobs in
@@ -32,18 +33,19 @@ from typing import Any
 
 log = logging.getLogger("reelserve.worker")
 
-# A claim: the job's key (its lease token) and the coroutine that runs it; None: nothing due.
-Claimed = tuple[str, Coroutine[Any, Any, None]] | None
+# What a claim took: per job, its key (its lease token) and the coroutine that runs it; empty
+# when nothing is due.
+Claimed = list[tuple[str, Coroutine[Any, Any, None]]]
 
 
 @dataclass
 class Lane:
-    """One kind of work, claimed up to its own bound. `claim` takes one item (with a lease)
-    and returns the coroutine that works on it, keyed by its lease token."""
+    """One kind of work, claimed up to its own bound. `claim(room)` takes at most `room` items
+    (each with a lease) and returns the coroutines that work on them, keyed by lease token."""
 
     name: str
     bound: int
-    claim: Callable[[], Awaitable[Claimed]]
+    claim: Callable[[int], Awaitable[Claimed]]
     grace: float  # seconds a job may take to end after the stop, before it is cancelled
     cancel_wait: float  # seconds to let a cancelled job hand its lease back
     on_stop: Callable[[Collection[str]], None] | None = None  # given the running jobs' keys
@@ -123,13 +125,16 @@ class ClaimLoop:
     async def _claim(self, lane: Lane) -> None:
         lane.wanted = False  # cleared before claiming: a wake during the claim counts
         try:
-            claimed = await lane.claim()
+            claimed = await lane.claim(lane.bound - len(lane.running))
         except Exception:
             log.exception("claiming %s failed; will retry", lane.name)
             return
-        if claimed is None:
-            return
-        key, work = claimed
+        for key, work in claimed:
+            self._start(lane, key, work)
+        if claimed:
+            lane.wanted = True  # claim until the lane is full or finds nothing
+
+    def _start(self, lane: Lane, key: str, work: Coroutine[Any, Any, None]) -> None:
         job = asyncio.create_task(work)
         lane.running[key] = job
 
@@ -139,7 +144,6 @@ class ClaimLoop:
             self.wake(lane.name)  # a slot is free: claim again
 
         job.add_done_callback(_done)
-        lane.wanted = True  # claim until the lane is full or finds nothing
 
 
 async def _every(periodic: Periodic) -> None:

@@ -38,6 +38,7 @@ log = logging.getLogger("reelserve.worker")
 
 COMPUTE = "compute"
 REMOTE = "remote"
+CLAIM_BATCH = 50  # tasks one claim statement takes at most (a burst is claimed in few turns)
 PROVIDER_SHARE = 95  # progress percent reached when the provider is done; the rest is storing
 
 
@@ -135,18 +136,21 @@ class Worker:
         self.loop.wake(WebhookDeliverer.LANE)  # a finished task's webhook is due now
 
     def _task_lane(self, kind: str, providers: set[str], bound: int) -> Lane:
-        async def claim() -> Claimed:
-            token = f"{self.name}:{secrets.token_hex(6)}"
-            task = await self.parts.queue.claim(
-                token,
+        async def claim(room: int) -> Claimed:
+            # Each task's lease token is this prefix and its id: unique per attempt.
+            prefix = f"{self.name[:40]}:{secrets.token_hex(3)}:"
+            claimed = await self.parts.queue.claim_many(
+                prefix,
+                min(room, CLAIM_BATCH),
                 lease_seconds=self.settings.lease_seconds,
                 max_attempts=self.settings.max_attempts,
                 providers=providers,
                 models=self.models,
             )
-            if task is None:
-                return None
-            return token, self.attempts.run(task, token)
+            return [
+                (task.lease_owner or "", self.attempts.run(task, task.lease_owner or ""))
+                for task in claimed
+            ]
 
         def on_stop(tokens: Collection[str]) -> None:
             self.attempts.stop(tokens, "shutdown")  # then cancelled after the grace period

@@ -110,17 +110,17 @@ class WebhookDeliverer:
             cancel_wait=5,
         )
 
-    async def claim(self) -> Claimed:
-        """One due delivery, leased to this worker, and the attempt to run; None if none is
+    async def claim(self, room: int) -> Claimed:
+        """One due delivery, leased to this worker, and the attempt to run; none if none is
         due (a cheap read first, so an idle worker writes nothing)."""
         store = self.parts.webhooks
-        if not await store.has_due():
-            return None
+        if room < 1 or not await store.has_due():
+            return []
         token = f"{self.name}:{secrets.token_hex(4)}"
         delivery = await store.claim(token, lease_seconds=self.lease_seconds)
         if delivery is None:
-            return None
-        return token, self._deliver(delivery, token)
+            return []
+        return [(token, self._deliver(delivery, token))]
 
     async def _deliver(self, delivery: Delivery, token: str) -> None:
         store = self.parts.webhooks

@@ -7,8 +7,8 @@ was resumed elsewhere) can neither report progress nor finish the task a second 
 writes are group-committed (`store/groups.py`): many attempts' checkpoints and outcomes share a
 transaction, each with its own fenced statement and row count.
 Transitions are exactly pending -> processing -> completed | failed | cancelled, plus
-pending -> cancelled. The reads are in task_reads.py, the reaper and retention in
-task_maintenance.py; `TaskQueue` offers all of them.
+pending -> cancelled. The claim is in task_claims.py, the reads in task_reads.py, the reaper and
+retention in task_maintenance.py; `TaskQueue` offers all of them.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from enum import Enum
 from typing import Any
 
@@ -30,6 +30,7 @@ from reelserve.store.db import begin_write
 from reelserve.store.groups import WriteGroups
 from reelserve.store.reads import SqliteReader, sqlite_path
 from reelserve.store.tables import tasks
+from reelserve.store.task_claims import TaskClaims
 from reelserve.store.task_maintenance import TaskMaintenance
 from reelserve.store.task_reads import TaskReads, TaskStats
 from reelserve.store.task_rows import CANCELLED, COMPLETED, FAILED, PENDING, PROCESSING, TaskRecord
@@ -86,16 +87,12 @@ def _raised(progress: int | sa.BindParameter[int]) -> sa.ColumnElement[int]:
     return sa.case((tasks.c.progress < progress, progress), else_=tasks.c.progress)
 
 
-class TaskQueue(TaskReads, TaskMaintenance):
+class TaskQueue(TaskClaims, TaskReads, TaskMaintenance):
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self.writes = WriteGroups(engine)  # the fenced writes of running tasks, grouped
         path = sqlite_path(str(engine.url))
         self.reader = SqliteReader(path) if path is not None else None
-
-    @property
-    def is_postgres(self) -> bool:
-        return self.engine.dialect.name == "postgresql"
 
     def close(self) -> None:
         if self.reader is not None:
@@ -233,99 +230,6 @@ class TaskQueue(TaskReads, TaskMaintenance):
         return outcome, task
 
     # -- worker side -------------------------------------------------------------------------
-
-    async def claim(
-        self,
-        token: str,
-        *,
-        lease_seconds: float,
-        max_attempts: int,
-        providers: Collection[str] | None = None,
-        models: Collection[str] | None = None,
-    ) -> TaskRecord | None:
-        """Take the oldest runnable task under the lease token `token` (`claim_many`)."""
-        claimed = await self._claim(
-            sa.literal(token, sa.String),
-            1,
-            lease_seconds=lease_seconds,
-            max_attempts=max_attempts,
-            providers=providers,
-            models=models,
-        )
-        return claimed[0] if claimed else None
-
-    async def claim_many(
-        self,
-        prefix: str,
-        limit: int,
-        *,
-        lease_seconds: float,
-        max_attempts: int,
-        providers: Collection[str] | None = None,
-        models: Collection[str] | None = None,
-    ) -> list[TaskRecord]:
-        """Take up to `limit` runnable tasks, oldest first, in one statement: a pending one, or a
-        processing one whose lease expired (its worker died) and that has attempts left. Each
-        gets its own lease token, `prefix` followed by its id (`lease_token`). `FOR UPDATE SKIP
-        LOCKED` on PostgreSQL; SQLite serialises writers, which makes the single UPDATE atomic
-        there."""
-        return await self._claim(
-            sa.literal(prefix, sa.String) + tasks.c.id,
-            limit,
-            lease_seconds=lease_seconds,
-            max_attempts=max_attempts,
-            providers=providers,
-            models=models,
-        )
-
-    async def _claim(
-        self,
-        owner: sa.ColumnElement[str],
-        limit: int,
-        *,
-        lease_seconds: float,
-        max_attempts: int,
-        providers: Collection[str] | None,
-        models: Collection[str] | None,
-    ) -> list[TaskRecord]:
-        now = time.time()
-        runnable = sa.or_(
-            tasks.c.status == PENDING,
-            sa.and_(
-                tasks.c.status == PROCESSING,
-                tasks.c.lease_expires_at < now,
-                tasks.c.attempts < max_attempts,
-            ),
-        )
-        pick = sa.select(tasks.c.id).where(runnable)
-        if providers is not None:
-            pick = pick.where(tasks.c.provider.in_(list(providers)))
-        if models is not None:
-            pick = pick.where(tasks.c.model.in_(list(models)))
-        pick = pick.order_by(tasks.c.created_at, tasks.c.id).limit(max(1, limit))
-        # A materialised CTE: PostgreSQL then picks (and locks, skipping locked rows) once; an
-        # `IN (subquery)` may be run again per row, each run skipping differently.
-        picked = pick.with_for_update(skip_locked=True).cte("picked")
-        if self.is_postgres:
-            picked = picked.prefix_with("MATERIALIZED")
-        stmt = (
-            tasks.update()
-            .where(tasks.c.id.in_(sa.select(picked.c.id)), runnable)
-            .values(
-                status=PROCESSING,
-                lease_owner=owner,
-                lease_expires_at=now + lease_seconds,
-                attempts=tasks.c.attempts + 1,
-                started_at=sa.func.coalesce(tasks.c.started_at, now),
-                updated_at=now,
-            )
-            .returning(*tasks.c)
-        )
-        async with begin_write(self.engine) as conn:
-            rows = (await conn.execute(stmt)).all()
-        claimed = [TaskRecord.from_row(row) for row in rows]
-        claimed.sort(key=lambda t: (t.created_at, t.id))
-        return claimed
 
     async def heartbeat(
         self, task_id: str, token: str, *, lease_seconds: float, progress: int | None = None

@@ -337,16 +337,30 @@ def decode_frames(path: Path) -> Iterator[NDArray[np.uint8]]:
 def write_thumbnail(
     video_path: Path, out_path: Path, *, max_side: int = 640, quality: int = 85
 ) -> tuple[int, int]:
-    """Write the first frame of a video as a JPEG no larger than `max_side`; return its size."""
+    """Write the first frame of a video as a JPEG no larger than `max_side`; return its size.
+
+    The frame is scaled by libswscale (area averaging) straight from the decoder's format, so a
+    4K frame is never converted to RGB at full size: a thousand tasks finishing at once make a
+    thousand thumbnails."""
     container: InputContainer = av.open(str(video_path), mode="r")
     with container:
         stream = container.streams.video[0]
         first: VideoFrame | None = next(iter(container.decode(stream)), None)
         if first is None:
             raise ValueError(f"{video_path.name} has no decodable video frame")
-        rgb = cast("NDArray[np.uint8]", first.to_ndarray(format="rgb24"))
+        width, height = _fit_within(first.width, first.height, max_side)
+        small = first.reformat(width=width, height=height, format="rgb24", interpolation="AREA")
+        rgb = cast("NDArray[np.uint8]", small.to_ndarray())
     image = Image.fromarray(rgb)
-    image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(out_path, format="JPEG", quality=quality, optimize=True)
+    image.save(out_path, format="JPEG", quality=quality)
     return image.width, image.height
+
+
+def _fit_within(width: int, height: int, max_side: int) -> tuple[int, int]:
+    """The size of `width` x `height` scaled to fit a `max_side` square (never enlarged)."""
+    longest = max(width, height)
+    if longest <= max_side:
+        return width, height
+    scale = max_side / longest
+    return max(1, round(width * scale)), max(1, round(height * scale))

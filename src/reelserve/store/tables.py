@@ -56,10 +56,21 @@ tasks = sa.Table(
     # Times a stopping worker handed the task back (store/queue.py: only the first few are free).
     sa.Column("releases", sa.Integer, nullable=False, server_default="0"),
     sa.Index("ix_tasks_queue", "status", "created_at"),
+    sa.Index("ix_tasks_key_queue", "status", "api_key_id", "created_at"),  # one key's queue
     sa.Index("ix_tasks_retention", "finished_at"),
     sa.Index("ix_tasks_owner", "api_key_id", "id"),
     sa.Index("ix_tasks_key_created", "api_key_id", "created_at"),  # the rate check
     sa.Index("ux_tasks_idempotency", "api_key_id", "idempotency_key", unique=True),
+)
+
+# One row per key a claim has served: when it was last given a task. The claim takes the keys
+# with runnable work least recently served first (store/task_claims.py); on PostgreSQL a claim
+# locks the rows of the keys it serves, so that a key's running count holds across workers.
+queue_keys = sa.Table(
+    "queue_keys",
+    metadata,
+    sa.Column("api_key_id", sa.String(40), primary_key=True),
+    sa.Column("served_at", sa.Float, nullable=False),
 )
 
 # One row per finished task that produced video: what it cost, for `GET /v1/usage`.

@@ -43,6 +43,7 @@ from tests.fakes.google_veo import FakeGoogle, serve  # noqa: E402
 
 PROJECT = ("bench-proj", "us-central1")
 TOKEN = "ya29.bench-token"
+DEFAULT_REMOTE_BOUND = 1000  # worker_remote_concurrency and google.max_concurrency by default
 PSQL = ["psql", "-h", "127.0.0.1", "-U", "postgres", "-At", "-v", "ON_ERROR_STOP=1"]
 
 
@@ -145,6 +146,10 @@ def run_one(label: str, src: Path, args: argparse.Namespace, fake: FakeGoogle) -
         if label == "baseline":
             # The earlier code has one bound for every task: let it hold them all.
             env["REELSERVE_WORKER_CONCURRENCY"] = str(n)
+            env["REELSERVE_GOOGLE__MAX_CONCURRENCY"] = str(n)
+        elif n > DEFAULT_REMOTE_BOUND:
+            # Beyond the default remote bound (and the credential's): raise both to N.
+            env["REELSERVE_WORKER_REMOTE_CONCURRENCY"] = str(n)
             env["REELSERVE_GOOGLE__MAX_CONCURRENCY"] = str(n)
         py = [sys.executable, "-m", "reelserve"]
         subprocess.run([*py, "migrate"], env=env, check=True, capture_output=True, timeout=120)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import weakref
+from collections import deque
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -42,12 +44,64 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
 
 
-_WRITE_LOCKS: weakref.WeakKeyDictionary[sa.Engine, asyncio.Lock] = weakref.WeakKeyDictionary()
+class WriteTurns:
+    """Turns at one SQLite database's write lock among the writers of this process, with two
+    lines: clients' writes (submits, cancels: someone waits on the answer) go before the
+    worker's background writes (claims, lease renewals, checkpoints, outcomes) whenever both
+    wait. Within a line, first come first served; a turn is handed straight to the next."""
+
+    def __init__(self) -> None:
+        self.held = False
+        self._lines: tuple[deque[asyncio.Future[None]], deque[asyncio.Future[None]]] = (
+            deque(),
+            deque(),
+        )
+
+    async def acquire(self, background: bool) -> None:
+        if not self.held and not any(self._lines):
+            self.held = True
+            return
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        line = self._lines[1 if background else 0]
+        line.append(turn)
+        try:
+            await turn
+        except asyncio.CancelledError:
+            if turn.done() and not turn.cancelled():
+                self.release()  # handed over just as this writer gave up: pass it on
+            else:
+                with contextlib.suppress(ValueError):
+                    line.remove(turn)
+            raise
+
+    def release(self) -> None:
+        for line in self._lines:
+            while line:
+                turn = line.popleft()
+                if not turn.done():
+                    turn.set_result(None)  # still held: handed over
+                    return
+        self.held = False
+
+
+_TURNS: weakref.WeakKeyDictionary[sa.Engine, dict[asyncio.AbstractEventLoop, WriteTurns]] = (
+    weakref.WeakKeyDictionary()
+)
+_BACKGROUND: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "reelserve_background_writes", default=False
+)
+
+
+def background_writes() -> None:
+    """Mark the current context's writes (and those of every task it starts from now on) as
+    background work: a worker calls it at its start, so that on SQLite a client's submit never
+    waits behind a burst of the worker's writes."""
+    _BACKGROUND.set(True)
 
 
 @contextlib.asynccontextmanager
 async def begin_write(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
-    """A write transaction. On SQLite, the writers of one process take turns on an asyncio lock
+    """A write transaction. On SQLite, the writers of one process take turns (`WriteTurns`)
     before asking SQLite for its write lock: SQLite admits one writer at a time, and writers that
     find it taken wait in its busy handler, which sleeps in growing steps (up to 100 ms) instead
     of waking when the lock frees, so a burst of concurrent submits would see long tail
@@ -57,11 +111,20 @@ async def begin_write(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
         async with engine.begin() as conn:
             yield conn
         return
-    lock = _WRITE_LOCKS.get(engine.sync_engine)
-    if lock is None:
-        lock = _WRITE_LOCKS.setdefault(engine.sync_engine, asyncio.Lock())
-    async with lock, engine.begin() as conn:
-        yield conn
+    loop = asyncio.get_running_loop()
+    per_loop = _TURNS.get(engine.sync_engine)
+    if per_loop is None:
+        per_loop = _TURNS.setdefault(engine.sync_engine, {})
+    turns = per_loop.get(loop)
+    if turns is None:
+        per_loop.clear()  # an earlier event loop's turns (tests run many loops) are done with
+        turns = per_loop[loop] = WriteTurns()
+    await turns.acquire(_BACKGROUND.get())
+    try:
+        async with engine.begin() as conn:
+            yield conn
+    finally:
+        turns.release()
 
 
 def _alembic_config(connection: sa.Connection) -> Config:

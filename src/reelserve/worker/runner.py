@@ -29,6 +29,7 @@ import sys
 import time
 from collections.abc import Collection
 
+from reelserve.store.db import background_writes
 from reelserve.worker.attempt import Attempts
 from reelserve.worker.loop import Claimed, ClaimLoop, Lane, Periodic
 from reelserve.worker.parts import WorkerParts
@@ -103,6 +104,8 @@ class Worker:
         self.loop.wake(COMPUTE, REMOTE)
 
     async def run(self, stop: asyncio.Event) -> None:
+        # Everything this worker writes waits behind clients' writes (store/db.py).
+        background_writes()
         log.info(
             "worker %s started (concurrency %d compute, %d remote)",
             self.name,

@@ -303,7 +303,8 @@ async def test_listing_and_queue_position(queue: TaskQueue) -> None:
     assert [t.id for t in await queue.list_tasks("key_a", limit=10, after=ids[2])] == ids[1::-1]
     assert [t.id for t in await queue.list_tasks("key_b", limit=10)] == [other]
     third = await queue.get(ids[2])
-    assert third is not None and await queue.queue_position(third) == 2
+    # Claims go round-robin over the keys: key_a's first, key_b's one, key_a's second, third.
+    assert third is not None and await queue.queue_position(third) == 3
     assert time.time() - third.created_at < 60
 
 
@@ -351,11 +352,12 @@ async def test_views_read_what_a_view_needs(queue: TaskQueue) -> None:
     other = await _submit(queue, key="key_b")
     view = await queue.view(second, "key_a")
     assert isinstance(view, TaskView)
-    assert view.id == second and view.status is TaskStatus.PENDING and view.queue_position == 1
+    # Fair order (round-robin over keys): key_a's first, key_b's one, then key_a's second.
+    assert view.id == second and view.status is TaskStatus.PENDING and view.queue_position == 2
     assert await queue.view(second, "key_b") is None  # another key's task is not found
     assert await queue.view("task_missing", "key_a") is None
     other_view = await queue.view(other, "key_b")
-    assert other_view is not None and other_view.queue_position == 2  # the queue is shared
+    assert other_view is not None and other_view.queue_position == 1  # one round: key_a's first
 
     claimed = await queue.claim("w", lease_seconds=30, max_attempts=3)
     assert claimed is not None and claimed.id == first
@@ -363,8 +365,9 @@ async def test_views_read_what_a_view_needs(queue: TaskQueue) -> None:
     running = await queue.view(first, "key_a")
     assert running is not None and running.queue_position is None and running.progress == 30
     waiting = await queue.view(second, "key_a")
-    assert waiting is not None and waiting.queue_position == 0
-    assert await queue.queue_position(waiting) == 0
+    # key_a was just served: key_b's task, never served, goes before key_a's next.
+    assert waiting is not None and waiting.queue_position == 1
+    assert await queue.queue_position(waiting) == 1
 
     result = TaskResult(videos=(), expires_at=int(time.time()) + 60)
     assert await queue.complete(first, "w", result)

@@ -2,10 +2,11 @@
 polls and event streams, the listings, and the counts of the metrics scrape.
 
 A status poll is one statement on both engines: the view's columns and, while the task is
-pending, its queue position, counted by `_ahead_of` (the pending tasks a claim takes first; the
-standalone `queue_position` counts with the same condition). On SQLite the poll runs on the
-`SqliteReader` (reads.py: about 10 us instead of a millisecond through the async layer, see
-bench/api.py), as the same statement compiled once to SQLite's text.
+pending, its queue position, counted by `position_of` in the claim's fair order (the pending
+tasks a claim takes first; the standalone `queue_position` counts with the same expression).
+On SQLite the poll runs on the `SqliteReader` (reads.py: about 10 us instead of a millisecond
+through the async layer, see bench/api.py), as the same statement compiled once to SQLite's
+text.
 """
 
 from __future__ import annotations
@@ -19,35 +20,89 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from reelserve.domain.result import TaskView
 from reelserve.store.reads import SqliteReader, SqliteStatement
-from reelserve.store.tables import tasks
+from reelserve.store.tables import queue_keys, tasks
+from reelserve.store.task_claims import pending_keys, task_filter
 from reelserve.store.task_rows import PENDING, VIEW_COLUMNS, TaskRecord, view_from_row
 
 _t = tasks.alias("t")  # the task read
-_p = tasks.alias("p")  # the pending tasks counted ahead of it
 _VIEW_COLUMNS = [_t.c[name] for name in VIEW_COLUMNS]
 _IN_CHUNK = 500  # ids per IN (...) list
 
 
-def _ahead_of(created_at: Any, task_id: Any) -> sa.ColumnElement[bool]:
-    """The pending tasks a claim takes before the task (created_at, task_id): claims go in
-    (created_at, id) order (queue.py). Written so that the queue index (status, created_at)
-    bounds the count to the tasks ahead, rather than every pending task."""
-    return sa.and_(
-        _p.c.status == PENDING,
-        _p.c.created_at <= created_at,
-        sa.or_(_p.c.created_at < created_at, _p.c.id < task_id),
+def position_of(
+    key: sa.ColumnElement[str], created_at: sa.ColumnElement[float], task_id: sa.ColumnElement[str]
+) -> sa.ColumnElement[int]:
+    """How many pending tasks the claim takes before the pending task (`key`, `created_at`,
+    `task_id`) in its fair order (task_claims.py: round-robin over the keys, least recently
+    served first, each key's tasks oldest first). With `r` the key's own tasks ahead of it,
+    that is `r` + for every other key with pending tasks, `min(n, r)` of its `n` (the rounds
+    before this task's) + one more if it has more than `r` and comes before this key in the
+    round. The values given must not refer to the enclosing query (SQLite takes no correlated
+    LIMIT): bound parameters, or subqueries of them.
+
+    Bounded and indexed: `r` is one range of the (status, api_key_id, created_at) index; the
+    other keys come from one loose scan of it (one seek per key, task_claims.pending_keys), and
+    each is counted up to `r + 1` tasks. Tasks being resumed after a lost worker, a worker's
+    providers and keys waiting at their max_running are not accounted for."""
+    p = tasks.alias("p")
+    ahead_in_key = (
+        sa.select(sa.func.count())
+        .select_from(p)
+        .where(
+            p.c.status == PENDING,
+            p.c.api_key_id == key,
+            p.c.created_at <= created_at,
+            sa.or_(p.c.created_at < created_at, p.c.id < task_id),
+        )
+        .scalar_subquery()
     )
+    mine = queue_keys.alias("mine")
+    my_turn = sa.func.coalesce(
+        sa.select(mine.c.served_at).where(mine.c.api_key_id == key).scalar_subquery(), 0.0
+    )
+    keys = pending_keys(task_filter(None, None), "position_keys")
+    q = tasks.alias("q")
+    upto = (  # the key's pending tasks, at most r + 1 of them
+        sa.select(sa.literal(1).label("one"))
+        .select_from(q)
+        .where(q.c.status == PENDING, q.c.api_key_id == keys.c.id)
+        .limit(ahead_in_key + 1)
+        .correlate(keys)
+        .subquery("upto")
+    )
+    theirs = queue_keys.alias("theirs")
+    their_turn = sa.func.coalesce(theirs.c.served_at, 0.0)
+    first = sa.or_(their_turn < my_turn, sa.and_(their_turn == my_turn, keys.c.id < key))
+    counts = (
+        sa.select(
+            first.label("first"),
+            sa.select(sa.func.count()).select_from(upto).scalar_subquery().label("n"),
+        )
+        .select_from(keys.outerjoin(theirs, theirs.c.api_key_id == keys.c.id))
+        .where(keys.c.id.is_not(None), keys.c.id != key)
+        .cte("position_counts")
+        .prefix_with("MATERIALIZED")
+    )
+    n = counts.c.n
+    share = sa.case((counts.c.first, n), (n > ahead_in_key, ahead_in_key), else_=n)
+    others = sa.select(sa.cast(sa.func.coalesce(sa.func.sum(share), 0), sa.Integer))
+    return ahead_in_key + others.select_from(counts).scalar_subquery()
 
 
-_COUNT_AHEAD = sa.select(sa.func.count()).select_from(_p)
-
+_created = tasks.alias("created")
 # A status poll: the view of one task of one key, with its queue position while it is pending.
 _POLL = sa.select(
     *_VIEW_COLUMNS,
     sa.case(
         (
             _t.c.status == PENDING,
-            _COUNT_AHEAD.where(_ahead_of(_t.c.created_at, _t.c.id)).scalar_subquery(),
+            position_of(
+                sa.bindparam("api_key_id", type_=sa.String),
+                sa.select(_created.c.created_at)
+                .where(_created.c.id == sa.bindparam("task_id"))
+                .scalar_subquery(),
+                sa.bindparam("task_id", type_=sa.String),
+            ),
         ),
     ).label("queue_position"),
 ).where(_t.c.id == sa.bindparam("task_id"), _t.c.api_key_id == sa.bindparam("api_key_id"))
@@ -106,8 +161,15 @@ class TaskReads:
         return found
 
     async def queue_position(self, task: TaskRecord | TaskView) -> int:
-        """How many pending tasks a claim takes before this one."""
-        query = _COUNT_AHEAD.where(_ahead_of(task.created_at, task.id))
+        """How many pending tasks a claim takes before this one, in the fair order
+        (`position_of`)."""
+        query = sa.select(
+            position_of(
+                sa.literal(task.api_key_id, sa.String),
+                sa.literal(task.created_at, sa.Float),
+                sa.literal(task.id, sa.String),
+            )
+        )
         async with self.engine.connect() as conn:
             return int((await conn.execute(query)).scalar_one())
 

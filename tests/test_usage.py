@@ -35,6 +35,15 @@ def test_sandbox_usage_is_recorded_per_key_at_no_cost(server: LiveServer) -> Non
             "until": None,
             "models": [],
             "totals": [],
+            "test": True,
+            "balance": {
+                "budget": None,
+                "reserved": 0.0,
+                "spent": 0.0,
+                "left": None,
+                "currency": "USD",
+            },
+            "entries": [],
         }
         started = time.time()
         ids = [

@@ -22,6 +22,7 @@ from reelserve.api.middleware import BodyLimitMiddleware, MetricsMiddleware
 from reelserve.api.openai import routes as openai_videos
 from reelserve.api.routes import (
     admin,
+    estimates,
     events,
     files,
     generations,
@@ -138,7 +139,17 @@ def create_app(
         redirect_slashes=False,
     )
     errors.install(app)
-    for module in (generations, tasks, events, files, models, health, playground, webhooks):
+    for module in (
+        generations,
+        estimates,
+        tasks,
+        events,
+        files,
+        models,
+        health,
+        playground,
+        webhooks,
+    ):
         app.include_router(module.router)
     app.include_router(openai_videos.router)  # after generations: /v1/videos/{id} is a pattern
     app.include_router(usage.router)

@@ -51,6 +51,8 @@ class ErrorEnvelope(BaseModel):
 ERROR_DESCRIPTIONS = {
     400: "Invalid request: a field, parameter or body that breaks the contract (never 422)",
     401: "Missing, malformed, unknown or revoked API key",
+    402: "Payment required: the request's estimated cost is more than the key's budget has "
+    "left (budget less what is reserved and spent); the message gives both",
     403: "Not permitted: the file link is not valid, the key may not use this model, or the "
     "route is not this kind of key's (an admin key has no tasks; only an admin key uses "
     "/v1/admin/*)",

@@ -2,8 +2,10 @@
 
 An admin key only administers (`core/admin.py`): every task operation refuses it with a 403, and
 every admin operation refuses an ordinary key. At submit a key's allowed models are checked
-(403 naming the model and the allowed ones) and its submits per minute (429 with the seconds
-until one more is accepted). Test keys are held to the same limits as live ones.
+(403 naming the model and the allowed ones), its submits per minute (429 with the seconds
+until one more is accepted) and its budget (402 giving the estimate and the balance; checked in
+the transaction that reserves the estimate, `store/ledger.py`, so it holds across processes).
+Test keys are held to the same limits as live ones.
 
 The rate is counted in the database (the key's tasks created in the last 60 s, one indexed read
 of at most `rate_per_minute` rows), so it holds across server processes. Within a process the
@@ -20,9 +22,10 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 
-from reelserve.domain.errors import PermissionDenied, RateLimited
+from reelserve.domain.errors import PaymentRequired, PermissionDenied, RateLimited
 from reelserve.domain.limits import RATE_WINDOW_SECONDS, retry_after
 from reelserve.store.keys import ApiKey
+from reelserve.store.ledger import Balance
 from reelserve.store.limits import LimitReads
 from reelserve.store.queue import IDEMPOTENCY_WINDOW
 
@@ -56,6 +59,28 @@ def check_model(key: ApiKey, model: str) -> None:
             f"{', '.join(allowed)}",
             param="model",
         )
+
+
+def money(amount: float, currency: str) -> str:
+    """An amount as a message shows it: `1.6 USD`, `0.000001 USD`."""
+    return f"{round(amount, 6):.6f}".rstrip("0").rstrip(".") + f" {currency}"
+
+
+def payment_required(estimate: float, balance: Balance) -> PaymentRequired:
+    """The 402 of a submit whose estimate is more than its key has left (the budget is
+    checked where the reservation is written, store/ledger.py: atomically with it)."""
+    c = balance.currency
+    return PaymentRequired(
+        f"this request's estimated cost is {money(estimate, c)}, more than this API key has "
+        f"left: {money(balance.left or 0.0, c)} (budget {money(balance.budget or 0.0, c)}, "
+        f"reserved {money(balance.reserved, c)}, spent {money(balance.spent, c)})"
+    )
+
+
+def affordable(estimate: float, balance: Balance) -> bool:
+    """Whether a submit of this estimate would be accepted by the budget now."""
+    left = balance.left
+    return left is None or estimate <= left + 1e-9
 
 
 class SubmitLimits:

@@ -17,9 +17,17 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from reelserve.core.admission import Admission
+from reelserve.core.admission import Admission, Admitted
 from reelserve.core.files import Files
-from reelserve.core.limits import SubmitLimits, check_model, require_tenant
+from reelserve.core.limits import (
+    SubmitLimits,
+    affordable,
+    check_model,
+    payment_required,
+    require_tenant,
+)
+from reelserve.core.pricing import Pricing
+from reelserve.core.usage import balance_json
 from reelserve.core.views import delivery_json, task_json
 from reelserve.domain.errors import Conflict, InvalidRequest, NotFound
 from reelserve.domain.ids import task_id as new_task_id
@@ -27,6 +35,7 @@ from reelserve.domain.result import TaskView
 from reelserve.domain.task import TaskStatus
 from reelserve.storage.base import Storage
 from reelserve.store.keys import ApiKey
+from reelserve.store.ledger import InsufficientBalance, LedgerStore, Reservation
 from reelserve.store.queue import CancelOutcome, IdempotencyConflict, TaskQueue
 from reelserve.store.task_rows import TaskRecord
 from reelserve.store.webhooks import WebhookStore
@@ -60,6 +69,8 @@ class Tasks:
         self.storage = storage
         self.admission = admission
         self.files = files
+        self.pricing = Pricing(admission.models, admission.settings.google)
+        self.ledger = LedgerStore(queue.engine)
         self._submit_listeners: list[Callable[[], None]] = []
         # (key id, task id, base URL) -> (monotonic expiry, view)
         self._finished: OrderedDict[tuple[str, str, str], tuple[float, dict[str, Any]]] = (
@@ -78,14 +89,19 @@ class Tasks:
         idempotency_key: str | None = None,
         base_url: str = "",
     ) -> TaskRecord:
-        """Queue a generation. `base_url` (the URL the request came to) is kept for the file
+        """Queue a generation, reserving its estimated cost on the ledger (a 402 when the key's
+        budget cannot cover it). `base_url` (the URL the request came to) is kept for the file
         links of the task's webhook when `public_url` is not set."""
-        require_tenant(key)
-        named = body.get("model") if isinstance(body, dict) else None
-        if isinstance(named, str) and named in self.admission.models:
-            check_model(key, named)  # a 403 before any check of what the model can do
-        admitted = await self.admission.admit(key, body)
+        admitted = await self._admit(key, body)
         spec = admitted.spec
+        estimate = self.pricing.estimate(spec)
+        reservation = Reservation(
+            amount=estimate.amount,
+            currency=estimate.currency,
+            model=spec.model,
+            samples=spec.sample_count,
+            test=key.is_test,
+        )
         task_id = new_task_id()
         also_insert = []
         if spec.webhook_url is not None:
@@ -114,7 +130,11 @@ class Tasks:
                     idempotency_key=idempotency_key,
                     request_hash=bound_to,
                     also_insert=also_insert,
+                    reservation=reservation,
+                    check_budget=key.limits.budget is not None,
                 )
+        except InsufficientBalance as exc:
+            raise payment_required(exc.estimate, exc.balance) from None
         except IdempotencyConflict as exc:
             raise Conflict(
                 f"Idempotency-Key was already used with a different request (task {exc.task.id})",
@@ -124,6 +144,31 @@ class Tasks:
             for listener in self._submit_listeners:
                 listener()
         return task
+
+    async def _admit(self, key: ApiKey, body: object) -> Admitted:
+        require_tenant(key)
+        named = body.get("model") if isinstance(body, dict) else None
+        if isinstance(named, str) and named in self.admission.models:
+            check_model(key, named)  # a 403 before any check of what the model can do
+        return await self.admission.admit(key, body)
+
+    async def estimate(self, key: ApiKey, body: object) -> dict[str, Any]:
+        """`POST /v1/videos/estimates`: what a submit of `body` would reserve, and whether the
+        key can afford it now. Checked exactly as a submit is (the same errors); queues and
+        reserves nothing, and is not a submit for the rate limit."""
+        admitted = await self._admit(key, body)
+        check_model(key, admitted.spec.model)
+        estimate = self.pricing.estimate(admitted.spec)
+        balance = await self.ledger.balance(key.id, estimate.currency)
+        return {
+            "object": "estimate",
+            "model": admitted.spec.model,
+            "estimated_cost": estimate.amount,
+            "currency": estimate.currency,
+            "test": key.is_test,
+            "affordable": affordable(estimate.amount, balance),
+            "balance": balance_json(balance),
+        }
 
     async def get(self, key: ApiKey, task_id: str) -> TaskRecord:
         require_tenant(key)

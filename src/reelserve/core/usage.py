@@ -1,4 +1,5 @@
-"""`GET /v1/usage` as an operation: the caller's usage over a time range."""
+"""`GET /v1/usage` as an operation: the caller's usage over a time range, its ledger entries and
+its balance (budget, reserved, spent, left)."""
 
 from __future__ import annotations
 
@@ -8,19 +9,65 @@ from reelserve.core.limits import require_tenant
 from reelserve.core.views import usage_json
 from reelserve.domain.errors import InvalidRequest
 from reelserve.store.keys import ApiKey
+from reelserve.store.ledger import MAX_ENTRIES, Balance, Entry, LedgerStore
 from reelserve.store.usage import UsageStore
 
 
 async def usage_report(
-    store: UsageStore, key: ApiKey, *, since: float | None = None, until: float | None = None
+    store: UsageStore,
+    ledger: LedgerStore,
+    key: ApiKey,
+    *,
+    since: float | None = None,
+    until: float | None = None,
+    limit: int = 100,
+    currency: str = "USD",
 ) -> dict[str, Any]:
     """The caller's completed tasks, videos, seconds of video and cost per model (and currency),
-    recorded in [since, until) (Unix seconds; both optional, `until` later than `since`).
+    recorded in [since, until) (Unix seconds; both optional, `until` later than `since`); its
+    newest ledger entries made in that range (at most `limit`); and its balance now.
     An admin key has none (a 403: its report is `GET /v1/admin/usage`)."""
     require_tenant(key)
     check_range(since, until)
+    if not 1 <= limit <= MAX_ENTRIES:
+        raise InvalidRequest(
+            f"limit must be between 1 and {MAX_ENTRIES} (got {limit})", param="limit"
+        )
     rows = await store.totals(key.id, since=since, until=until)
-    return usage_json(rows, since=since, until=until)
+    report = usage_json(rows, since=since, until=until)
+    entries = await ledger.entries(key.id, since=since, until=until, limit=limit)
+    balance = await ledger.balance(key.id, currency)
+    report["test"] = key.is_test
+    report["balance"] = balance_json(balance)
+    report["entries"] = [entry_json(e) for e in entries]
+    return report
+
+
+def balance_json(balance: Balance) -> dict[str, Any]:
+    """A key's balance: its budget (null: none), what is reserved by unfinished tasks, what its
+    finished tasks were charged, and what is left (null without a budget)."""
+    return {
+        "budget": balance.budget,
+        "reserved": balance.reserved,
+        "spent": balance.spent,
+        "left": balance.left,
+        "currency": balance.currency,
+    }
+
+
+def entry_json(entry: Entry) -> dict[str, Any]:
+    """One ledger entry: a task's `reserve`, `settle` (amount: the charge) or `release`."""
+    return {
+        "id": entry.id,
+        "task_id": entry.task_id,
+        "kind": entry.kind,
+        "model": entry.model,
+        "amount": entry.amount,
+        "currency": entry.currency,
+        "videos": entry.videos,
+        "test": entry.test,
+        "created": entry.created_at,
+    }
 
 
 def check_range(since: float | None, until: float | None) -> None:

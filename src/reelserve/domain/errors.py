@@ -11,6 +11,7 @@ from __future__ import annotations
 TYPE_BY_STATUS = {
     400: "invalid_request_error",
     401: "authentication_error",
+    402: "payment_required",
     403: "permission_error",
     404: "invalid_request_error",
     405: "invalid_request_error",
@@ -81,6 +82,12 @@ class PayloadTooLarge(ReelserveError):
 
 class AuthenticationFailed(ReelserveError):
     status = 401
+
+
+class PaymentRequired(ReelserveError):
+    """The key's budget cannot cover the request's estimated cost (the ledger, store/ledger.py)."""
+
+    status = 402
 
 
 class PermissionDenied(ReelserveError):

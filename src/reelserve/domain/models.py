@@ -44,6 +44,21 @@ def _all_aspect_ratios() -> list[AspectRatio]:
     return list(ALL_ASPECT_RATIOS)
 
 
+class ListPrice(BaseModel):
+    """What one second of one generated video costs at one resolution (the ledger's list price:
+    what a submit reserves, and what a test key or a provider that reports no cost is charged)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    video: float | None = Field(
+        None, ge=0, description="per second without audio; default: video_audio"
+    )
+    video_audio: float = Field(ge=0, description="per second with audio")
+
+    def per_second(self, audio: bool) -> float:
+        return self.video_audio if audio or self.video is None else self.video
+
+
 class ModelEntry(BaseModel):
     """One model id as clients see it, with the provider that runs it and what it can do."""
 
@@ -67,6 +82,10 @@ class ModelEntry(BaseModel):
     max_sample_count: int = 4
     estimated_time: int = Field(60, description="expected seconds from start to finish")
     options: dict[str, Any] = Field(default_factory=dict, description="provider options")
+    # The list price by resolution (core/pricing.py); none declared: a Veo model's comes from
+    # `google.prices`, any other model's is 0.
+    list_price: dict[Resolution, ListPrice] = Field(default_factory=dict)
+    currency: str = Field("USD", min_length=1, max_length=8, description="of list_price")
     # What each configured upstream backend can do with this model (filled in by the provider,
     # e.g. Veo's Gemini API and Vertex AI rules); shown by `GET /v1/models`.
     backends: dict[str, dict[str, Any]] = Field(default_factory=dict)

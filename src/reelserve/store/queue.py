@@ -17,7 +17,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from enum import Enum
 from typing import Any
 
@@ -26,6 +26,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from reelserve.domain.result import TaskResult
+from reelserve.store import ledger
 from reelserve.store.db import begin_write
 from reelserve.store.groups import WriteGroups
 from reelserve.store.reads import SqliteReader, sqlite_path
@@ -144,10 +145,14 @@ class TaskQueue(TaskClaims, TaskReads, TaskMaintenance):
         idempotency_key: str | None = None,
         request_hash: str | None = None,
         also_insert: Sequence[sa.Insert] = (),
+        reservation: ledger.Reservation | None = None,
+        check_budget: bool = False,
     ) -> tuple[TaskRecord, bool]:
         """Queue a task. Returns (task, created); with an Idempotency-Key seen in the last 24 h
         for this API key the earlier task comes back with created=False. `also_insert` runs in
-        the task's own transaction, only when the task is created (its webhook delivery)."""
+        the task's own transaction, only when the task is created (its webhook delivery), and
+        so does the ledger's `reservation`: with `check_budget` it must fit what the key has
+        left, else `ledger.InsufficientBalance` and nothing is queued (store/ledger.py)."""
         task = TaskRecord.queued(
             task_id=task_id,
             api_key_id=api_key_id,
@@ -175,7 +180,18 @@ class TaskQueue(TaskClaims, TaskReads, TaskMaintenance):
                         )
             try:
                 async with begin_write(self.engine) as conn:
-                    await conn.execute(tasks.insert().values(**dataclasses.asdict(task)))
+                    insert = tasks.insert().values(**dataclasses.asdict(task))
+                    if reservation is None:
+                        await conn.execute(insert)
+                    else:
+                        await ledger.reserve(
+                            conn,
+                            task_id=task_id,
+                            api_key_id=api_key_id,
+                            reservation=reservation,
+                            insert_task=insert,
+                            checked=check_budget,
+                        )
                     for statement in also_insert:
                         await conn.execute(statement)
                     if self.is_postgres:
@@ -213,6 +229,7 @@ class TaskQueue(TaskClaims, TaskReads, TaskMaintenance):
             )
             if done.rowcount:
                 outcome = CancelOutcome.CANCELLED
+                await ledger.release(conn, [task_id])  # nothing ran: nothing is charged
             else:
                 requested = await conn.execute(
                     tasks.update()
@@ -300,15 +317,42 @@ class TaskQueue(TaskClaims, TaskReads, TaskMaintenance):
         return await self._write_fenced(task_id, token, checkpoint=state, updated_at=time.time())
 
     async def complete(self, task_id: str, token: str, result: TaskResult) -> bool:
-        return await self._finish(task_id, token, COMPLETED, progress=100, result=result.to_json())
+        """Completed, and its reservation settled to the videos delivered (store/ledger.py)."""
+
+        async def settle(conn: AsyncConnection) -> None:
+            await ledger.settle(conn, task_id, len(result.videos))
+
+        return await self._finish(
+            task_id, token, COMPLETED, settle, progress=100, result=result.to_json()
+        )
 
     async def fail(self, task_id: str, token: str, code: str, message: str) -> bool:
-        return await self._finish(task_id, token, FAILED, error_code=code, error_message=message)
+        """Failed, and its reservation released: a task that delivered nothing costs nothing."""
+        return await self._finish(
+            task_id, token, FAILED, self._release(task_id), error_code=code, error_message=message
+        )
 
     async def mark_cancelled(self, task_id: str, token: str) -> bool:
-        return await self._finish(task_id, token, CANCELLED)
+        return await self._finish(task_id, token, CANCELLED, self._release(task_id))
 
-    async def _finish(self, task_id: str, token: str, status: str, **values: Any) -> bool:
+    @staticmethod
+    def _release(task_id: str) -> Callable[[AsyncConnection], Awaitable[None]]:
+        async def release(conn: AsyncConnection) -> None:
+            await ledger.release(conn, [task_id])
+
+        return release
+
+    async def _finish(
+        self,
+        task_id: str,
+        token: str,
+        status: str,
+        entry: Callable[[AsyncConnection], Awaitable[None]],
+        **values: Any,
+    ) -> bool:
+        """The final state, and the ledger's `entry` in the same transaction, written only
+        when the fenced update changed the row (a state change happens once, so does its
+        entry)."""
         now = time.time()
         return await self._write_fenced(
             task_id,
@@ -317,16 +361,28 @@ class TaskQueue(TaskClaims, TaskReads, TaskMaintenance):
             finished_at=now,
             updated_at=now,
             lease_expires_at=None,
+            then=entry,
             **values,
         )
 
-    async def _write_fenced(self, task_id: str, token: str, **values: Any) -> bool:
+    async def _write_fenced(
+        self,
+        task_id: str,
+        token: str,
+        *,
+        then: Callable[[AsyncConnection], Awaitable[None]] | None = None,
+        **values: Any,
+    ) -> bool:
         """One fenced update (`_fenced`), in a group commit with the other attempts' writes of
-        the moment (`store/groups.py`); whether it changed the row."""
+        the moment (`store/groups.py`); whether it changed the row. `then` runs in the same
+        transaction, only when it did."""
         stmt = _fenced(task_id, token).values(**values)
 
         async def write(conn: AsyncConnection) -> bool:
-            return bool((await conn.execute(stmt)).rowcount)
+            changed = bool((await conn.execute(stmt)).rowcount)
+            if changed and then is not None:
+                await then(conn)
+            return changed
 
         return await self.writes.run(write)
 

@@ -91,6 +91,30 @@ usage = sa.Table(
     sa.Index("ix_usage_key_time", "api_key_id", "recorded_at"),
 )
 
+# The ledger (store/ledger.py): one `reserve` row per task at submit, closed by one `settle` (what
+# was charged) or one `release` (nothing charged), each written in the transaction of the task's
+# state change. `hold` is the change in the key's reserved sum (+R at reserve, -R when closed),
+# `charge` what the key spent (settle only): a key's reserved and spent are their sums.
+ledger = sa.Table(
+    "ledger",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("api_key_id", sa.String(40), nullable=False),
+    sa.Column("task_id", sa.String(40), nullable=False),
+    sa.Column("kind", sa.String(8), nullable=False),  # reserve | settle | release
+    sa.Column("model", sa.String(200), nullable=False),
+    sa.Column("hold", sa.Float, nullable=False, server_default="0"),
+    sa.Column("charge", sa.Float, nullable=False, server_default="0"),
+    sa.Column("currency", sa.String(8), nullable=False, server_default="USD"),
+    sa.Column("samples", sa.Integer, nullable=False, server_default="1"),  # reserved videos
+    sa.Column("videos", sa.Integer, nullable=False, server_default="0"),  # delivered (settle)
+    sa.Column("test", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("created_at", sa.Float, nullable=False),
+    # One entry of each kind per task: a write that ran twice cannot double it.
+    sa.UniqueConstraint("task_id", "kind", name="ux_ledger_task_kind"),
+    sa.Index("ix_ledger_key", "api_key_id", "id"),
+)
+
 # One row per task submitted with a webhook_url: its final-state notification (store/webhooks.py).
 webhook_deliveries = sa.Table(
     "webhook_deliveries",

@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from reelserve.domain.task import ErrorCode
+from reelserve.store import ledger
 from reelserve.store.db import begin_write
 from reelserve.store.tables import tasks
 from reelserve.store.task_rows import FAILED, FINISHED, PROCESSING
@@ -24,7 +25,8 @@ class TaskMaintenance:
     engine: AsyncEngine
 
     async def fail_exhausted(self, max_attempts: int) -> list[str]:
-        """Fail tasks whose lease expired after their last allowed attempt: no task stays stuck."""
+        """Fail tasks whose lease expired after their last allowed attempt: no task stays stuck.
+        Their reservations are released in the same transaction (store/ledger.py)."""
         now = time.time()
         where = sa.and_(
             tasks.c.status == PROCESSING,
@@ -34,7 +36,7 @@ class TaskMaintenance:
         async with begin_write(self.engine) as conn:
             ids = [r[0] for r in (await conn.execute(sa.select(tasks.c.id).where(where))).all()]
             if ids:
-                await conn.execute(
+                failed = await conn.execute(
                     tasks.update()
                     .where(where, tasks.c.id.in_(ids))
                     .values(
@@ -49,7 +51,10 @@ class TaskMaintenance:
                         lease_owner=None,
                         lease_expires_at=None,
                     )
+                    .returning(tasks.c.id)
                 )
+                ids = [r[0] for r in failed.all()]  # those still exhausted when updated
+                await ledger.release(conn, ids)
         return ids
 
     async def expired_files(self, before: float, limit: int = 100) -> list[str]:

@@ -15,7 +15,7 @@ router = APIRouter(tags=["generations"])
 @router.post(
     "/v1/videos/generations",
     summary="Submit a video generation task",
-    responses=error_responses(401, 403, 409, 413, 429),
+    responses=error_responses(401, 402, 403, 409, 413, 429),
     openapi_extra={
         "requestBody": {
             "required": True,

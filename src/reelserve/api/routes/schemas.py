@@ -84,3 +84,79 @@ class TaskPage(BaseModel):
     data: list[Task]
     has_more: bool
     next_after: str | None = Field(description="the `after` of the next page, when there is one")
+
+
+class Balance(BaseModel):
+    """A key's balance on the ledger, in the price currency."""
+
+    budget: float | None = Field(description="the key's budget; null: no budget")
+    reserved: float = Field(description="held by the key's unfinished tasks")
+    spent: float = Field(description="charged for the key's finished tasks")
+    left: float | None = Field(description="budget - reserved - spent; null: no budget")
+    currency: str
+
+
+class Estimate(BaseModel):
+    object: Literal["estimate"]
+    model: str
+    estimated_cost: float = Field(
+        description="what a submit of this body reserves: the model's list price x seconds x "
+        "samples, at the resolution and audio asked (the worst case over its backends)"
+    )
+    currency: str
+    test: bool = Field(description="a test key: priced at the model's list price, no money")
+    affordable: bool = Field(description="whether the key's budget covers it now")
+    balance: Balance
+
+
+class EstimateAnswer(BaseModel):
+    code: Literal[200]
+    data: Estimate
+
+
+class ModelUsage(BaseModel):
+    model: str
+    tasks: int
+    videos: int
+    video_seconds: float
+    cost: float
+    currency: str
+
+
+class UsageTotal(BaseModel):
+    currency: str
+    tasks: int
+    videos: int
+    video_seconds: float
+    cost: float
+
+
+class LedgerEntry(BaseModel):
+    id: int
+    task_id: str
+    kind: Literal["reserve", "settle", "release"] = Field(
+        description="reserve: at submit; settle: the task completed and was charged `amount`; "
+        "release: it failed or was cancelled and its reservation was given back"
+    )
+    model: str
+    amount: float = Field(description="reserve, release: the reservation; settle: the charge")
+    currency: str
+    videos: int = Field(description="settle: the videos delivered")
+    test: bool = Field(description="made by a test key (list prices, no money)")
+    created: float = Field(description="Unix seconds")
+
+
+class Usage(BaseModel):
+    object: Literal["usage"]
+    since: float | None
+    until: float | None
+    models: list[ModelUsage] = Field(description="completed tasks per model in the range")
+    totals: list[UsageTotal]
+    test: bool
+    balance: Balance = Field(description="now, over all time")
+    entries: list[LedgerEntry] = Field(description="the newest ledger entries in the range")
+
+
+class UsageAnswer(BaseModel):
+    code: Literal[200]
+    data: Usage

@@ -1,4 +1,5 @@
-"""GET /v1/usage: what the caller's completed tasks generated and cost, per model."""
+"""GET /v1/usage: what the caller's completed tasks generated and cost, per model; its ledger
+entries and its balance."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ from fastapi import APIRouter, Query, Response
 from reelserve.api.auth import Key, Service
 from reelserve.api.envelope import ok
 from reelserve.api.errors import error_responses
+from reelserve.api.routes.schemas import UsageAnswer
 from reelserve.core.usage import usage_report
+from reelserve.store.ledger import MAX_ENTRIES
 
 router = APIRouter(tags=["usage"])
 
@@ -23,8 +26,11 @@ def seconds(value: str | None) -> float | None:
 
 @router.get(
     "/v1/usage",
-    summary="The caller's usage: videos, seconds and cost per model",
-    responses=error_responses(401, 403),
+    summary="The caller's usage per model, its ledger entries and its balance",
+    responses={
+        200: {"model": UsageAnswer, "description": "The usage"},
+        **error_responses(401, 403),
+    },
 )
 async def get_usage(
     key: Key,
@@ -35,6 +41,17 @@ async def get_usage(
     until: str | None = Query(
         None, pattern=UNIX_SECONDS, description="Unix seconds; only usage recorded before then"
     ),
+    limit: int = Query(
+        100, ge=1, le=MAX_ENTRIES, description="at most this many ledger entries, newest first"
+    ),
 ) -> Response:
-    report = await usage_report(service.usage, key, since=seconds(since), until=seconds(until))
+    report = await usage_report(
+        service.usage,
+        service.tasks.ledger,
+        key,
+        since=seconds(since),
+        until=seconds(until),
+        limit=limit,
+        currency=service.tasks.pricing.currency,
+    )
     return ok(report)

@@ -9,7 +9,7 @@ Fixed forms, which operators script:
 - `keys update KEY [--max-running N] [--rate N] [--budget X] [--models a,b] [--clear
   max-running,rate,budget,models]`: the limits given change, `--clear` removes those named, the
   others stay as they were;
-- `keys show KEY`: the key, its limits, what it spent, what is reserved and what is left.
+- `keys show KEY`: the key, its limits and its ledger balance: spent, reserved and left.
 
 A bad value stops the command with a message naming the option and status 2. A change applies
 on running servers within a few seconds (their key cache, `core.access.AUTH_CACHE_SECONDS`).
@@ -26,10 +26,12 @@ from rich.console import Console
 from rich.table import Table
 
 from reelserve.cli.common import DataDir, err, run_on_service, settings_for, using_service, when
+from reelserve.core.tasks import Tasks
 from reelserve.domain.errors import InvalidRequest, NotFound
 from reelserve.domain.limits import KeyLimits, parse_limit_changes
 from reelserve.settings import Settings
 from reelserve.store.keys import ApiKey
+from reelserve.store.ledger import Balance
 
 keys_app = typer.Typer(help="Create, update, show, list and revoke API keys.", no_args_is_help=True)
 
@@ -195,21 +197,23 @@ def keys_show(
     key: Annotated[str, typer.Argument(help="The key id (key_...) or its shown prefix.")],
     data_dir: DataDir = None,
 ) -> None:
-    """Show a key: its limits, what it spent (completed tasks' cost), reserved and left."""
+    """Show a key: its limits and its balance on the ledger: what its finished tasks were
+    charged (spent), what its unfinished ones hold (reserved) and what is left of its budget."""
 
-    async def show(service: Any) -> tuple[ApiKey, dict[str, float]] | None:
+    async def show(service: Any) -> tuple[ApiKey, Balance] | None:
         found: ApiKey | None = await service.keys.find(key)
         if found is None:
             return None
-        return found, await service.admin.account(found)
+        tasks: Tasks = service.tasks
+        return found, await tasks.ledger.balance(found.id, tasks.pricing.currency)
 
     shown = run_on_service(data_dir, show)
     if shown is None:
         err.print(f"[red]no single key matches {key!r}[/]")
         raise typer.Exit(1)
-    found, spent = shown
+    found, balance = shown
     limits = found.limits
-    total = sum(spent.values())
+    left = balance.left
     lines = [
         ("id", found.id),
         ("prefix", found.prefix + "..."),
@@ -222,9 +226,10 @@ def keys_show(
         ("rate per minute", _shown(limits.rate_per_minute)),
         ("budget", _shown(limits.budget, "unlimited")),
         ("models", _shown(limits.models, "all")),
-        ("spent", ", ".join(f"{v:g} {c}" for c, v in sorted(spent.items())) or "0"),
-        ("reserved", "0 (reservations arrive with the ledger)"),
-        ("left", "unlimited" if limits.budget is None else f"{limits.budget - total:g}"),
+        ("currency", balance.currency),
+        ("spent", f"{balance.spent:g}"),
+        ("reserved", f"{balance.reserved:g}"),
+        ("left", "unlimited" if left is None else f"{left:g}"),
     ]
     for label, value in lines:
         print(f"{label}: {value}")

@@ -25,7 +25,7 @@ from reelserve.store.db import create_engine, upgrade
 from reelserve.store.keys import KeyStore
 from reelserve.store.queue import TaskQueue
 from reelserve.store.tables import tasks
-from reelserve.store.task_claims import key_queue, keys_to_serve, task_filter
+from reelserve.store.task_claims import claim_statements
 from reelserve.store.task_reads import position_of
 from tests.databases import database_url
 
@@ -235,10 +235,12 @@ async def test_the_claim_and_the_position_read_the_index(queue: TaskQueue) -> No
     await _submit(queue, "key_a", 3)
     await _submit(queue, "key_b", 1)
     now = time.time()
-    where = task_filter({"sandbox"}, None)
+    await queue.claim_many("w:", 1, lease_seconds=30, max_attempts=3)  # queue_keys has rows
+    sql = claim_statements(queue.engine.dialect.name, True, False, True)
+    params = {"now": now, "max_attempts": 3, "providers": ["sandbox"], "keys": ["key_a", "key_b"]}
     statements: list[sa.ClauseElement] = [
-        keys_to_serve(where, now=now, max_attempts=3, limit=50),
-        key_queue(where, "key_a", 10),
+        sql.keys.params(**params, limit=50),
+        sql.queues.params(**params, limit=10),
         sa.select(position_of(sa.literal("key_a"), sa.literal(now), sa.literal("task_x"))),
     ]
     postgres = queue.is_postgres

@@ -16,19 +16,23 @@ One claim (`claim_many`) is one transaction of a few statements:
    take turns, so no moment has more than `max_running` processing. SQLite: the transaction
    holds the write lock from its start (`BEGIN IMMEDIATE`), which serialises claims of every
    process.
-3. each key's first runnable tasks (one index range per key, at most its room), dealt out
-   round-robin in Python to at most `limit`;
+3. each key's first runnable tasks (one index range per key: LATERAL on PostgreSQL, a
+   correlated `IN` on SQLite; at most its room), dealt out round-robin in Python to at most
+   `limit`;
 4. the update of those tasks, fenced on still being runnable, each under its own token;
 5. the served keys' `served_at`: now, plus the slot of the key's last task in this claim in
    microseconds, so the next claim continues the round where this one stopped.
 
-The queue position (task_reads.py) counts in the same order.
+The queue position (task_reads.py) counts in the same order. Every statement is built once per
+engine and filter shape (`claim_statements`), with bound parameters, so a claim only binds.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
@@ -45,69 +49,86 @@ Filter = Callable[[sa.FromClause], list[sa.ColumnElement[bool]]]
 
 
 def task_filter(providers: Collection[str] | None, models: Collection[str] | None) -> Filter:
-    """The conditions a worker's providers and models put on a (table alias of) tasks."""
+    """The conditions a worker's providers and models put on a (table alias of) tasks: bound
+    lists, `providers` and `models` (`filter_params`), for those that are given."""
 
     def where(t: sa.FromClause) -> list[sa.ColumnElement[bool]]:
         out: list[sa.ColumnElement[bool]] = []
         if providers is not None:
-            out.append(t.c.provider.in_(list(providers)))
+            out.append(t.c.provider.in_(sa.bindparam("providers", expanding=True)))
         if models is not None:
-            out.append(t.c.model.in_(list(models)))
+            out.append(t.c.model.in_(sa.bindparam("models", expanding=True)))
         return out
 
     return where
 
 
+def filter_params(
+    providers: Collection[str] | None, models: Collection[str] | None
+) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    if providers is not None:
+        out["providers"] = sorted(providers)
+    if models is not None:
+        out["models"] = sorted(models)
+    return out
+
+
 def pending_keys(where: Filter, name: str = "pending_keys") -> sa.CTE:
     """`WITH RECURSIVE pending_keys(id)`: every key with a pending task (that `where` admits),
     one row each, found by a loose scan of the (status, api_key_id, created_at) index: each step
-    is `SELECT min(api_key_id) ... WHERE status = 'pending' AND api_key_id > <the last>`, one
-    index seek. The last row is a NULL (the end of the scan)."""
-    first = tasks.alias(f"{name}_first")
-    cte = (
-        sa.select(sa.func.min(first.c.api_key_id).label("id"))
-        .where(first.c.status == PENDING, *where(first))
-        .cte(name, recursive=True)
-    )
-    step = tasks.alias(f"{name}_next")
-    following = (
-        sa.select(sa.func.min(step.c.api_key_id))
-        .where(step.c.status == PENDING, step.c.api_key_id > cte.c.id, *where(step))
-        .scalar_subquery()
-    )
-    return cte.union_all(sa.select(following.label("id")).where(cte.c.id.is_not(None)))
+    is `SELECT api_key_id ... WHERE status = 'pending' AND api_key_id > <the last> ORDER BY
+    api_key_id LIMIT 1`, one index seek (a filter walks the key's entries until one matches).
+    The last row is a NULL (the end of the scan)."""
+
+    def next_key(after: sa.ColumnElement[str] | None) -> sa.ScalarSelect[str]:
+        t = tasks.alias(f"{name}_next" if after is not None else f"{name}_first")
+        conditions = [t.c.status == PENDING, *where(t)]
+        if after is not None:
+            conditions.append(t.c.api_key_id > after)
+        query = sa.select(t.c.api_key_id).where(*conditions).order_by(t.c.api_key_id).limit(1)
+        return query.scalar_subquery()
+
+    cte = sa.select(next_key(None).label("id")).cte(name, recursive=True)
+    return cte.union_all(sa.select(next_key(cte.c.id).label("id")).where(cte.c.id.is_not(None)))
 
 
-def _resumable(t: sa.FromClause, now: float, max_attempts: int) -> sa.ColumnElement[bool]:
+_NOW = sa.bindparam("now", type_=sa.Float)
+_MAX_ATTEMPTS = sa.bindparam("max_attempts", type_=sa.Integer)
+_LIMIT = sa.bindparam("limit", type_=sa.Integer)
+_KEYS: sa.BindParameter[Any] = sa.bindparam("keys", expanding=True)
+
+
+def _resumable(t: sa.FromClause) -> sa.ColumnElement[bool]:
+    """A processing task whose lease expired (bound `now`) with attempts left."""
     return sa.and_(
-        t.c.status == PROCESSING,
-        t.c.lease_expires_at < now,
-        t.c.attempts < max_attempts,
+        t.c.status == PROCESSING, t.c.lease_expires_at < _NOW, t.c.attempts < _MAX_ATTEMPTS
     )
 
 
-def _live_running(key: sa.ColumnElement[str], now: float) -> sa.ScalarSelect[int]:
+def _live_running(key: sa.ColumnElement[str]) -> sa.ScalarSelect[int]:
     """The key's processing tasks under a live lease."""
     r = tasks.alias("running")
     return (
         sa.select(sa.func.count())
         .select_from(r)
-        .where(r.c.status == PROCESSING, r.c.api_key_id == key, r.c.lease_expires_at >= now)
+        .where(r.c.status == PROCESSING, r.c.api_key_id == key, r.c.lease_expires_at >= _NOW)
         .scalar_subquery()
     )
 
 
-def keys_to_serve(where: Filter, *, now: float, max_attempts: int, limit: int) -> sa.Select[Any]:
+def keys_to_serve(where: Filter) -> sa.Select[Any]:
     """Step 1: the first `limit` keys with runnable work and room under their limit, least
-    recently served first: (key, served_at, max_running, running)."""
+    recently served first: (key, served_at, max_running, running). Binds `now`,
+    `max_attempts`, `limit` and the filter's lists."""
     pk = pending_keys(where)
     resumed = tasks.alias("resumed")
     candidates = sa.union(
         sa.select(pk.c.id).where(pk.c.id.is_not(None)),
-        sa.select(resumed.c.api_key_id).where(_resumable(resumed, now, max_attempts)),
+        sa.select(resumed.c.api_key_id).where(_resumable(resumed), *where(resumed)),
     ).subquery("candidates")
     key = candidates.c.id
-    running = _live_running(key, now)
+    running = _live_running(key)
     served = sa.func.coalesce(queue_keys.c.served_at, 0.0)
     return (
         sa.select(
@@ -123,17 +144,86 @@ def keys_to_serve(where: Filter, *, now: float, max_attempts: int, limit: int) -
         )
         .where(sa.or_(api_keys.c.max_running.is_(None), running < api_keys.c.max_running))
         .order_by(served, key)
-        .limit(limit)
+        .limit(_LIMIT)
     )
 
 
-def key_queue(where: Filter, key: str, limit: int) -> sa.Select[Any]:
-    """One key's oldest pending tasks: a range of the (status, api_key_id, created_at) index."""
+def key_queues(where: Filter, dialect: str) -> sa.Select[Any]:
+    """Step 3: the oldest `limit` pending tasks of each of `keys` (whose `queue_keys` rows
+    exist), one range of the (status, api_key_id, created_at) index per key: (id, key,
+    created_at). LATERAL on PostgreSQL; SQLite has none, and runs the correlated `IN` per key."""
+    k = queue_keys.alias("k")
+    head = tasks.alias("head")
+    first = (
+        sa.select(head.c.id)
+        .where(head.c.status == PENDING, head.c.api_key_id == k.c.api_key_id, *where(head))
+        .order_by(head.c.created_at, head.c.id)
+        .limit(_LIMIT)
+    )
+    if dialect == "postgresql":
+        heads = first.add_columns(head.c.api_key_id, head.c.created_at).lateral("heads")
+        return (
+            sa.select(heads.c.id, heads.c.api_key_id, heads.c.created_at)
+            .select_from(k.join(heads, sa.true()))
+            .where(k.c.api_key_id.in_(_KEYS))
+        )
+    t = tasks.alias("t")
     return (
+        sa.select(t.c.id, t.c.api_key_id, t.c.created_at)
+        .select_from(k.join(t, t.c.id.in_(first.scalar_subquery().correlate(k))))
+        .where(k.c.api_key_id.in_(_KEYS))
+    )
+
+
+@dataclass(frozen=True)
+class ClaimStatements:
+    keys: sa.Select[Any]
+    resumed: sa.Select[Any]
+    queues: sa.Select[Any]
+    running: sa.Select[Any]
+    update: sa.Update  # binds ids, now, lease_until, max_attempts and owner
+
+
+@functools.lru_cache(maxsize=16)
+def claim_statements(
+    dialect: str, providers: bool, models: bool, owner_is_prefix: bool
+) -> ClaimStatements:
+    """The claim's statements for one engine and filter shape, built once."""
+    where = task_filter(() if providers else None, () if models else None)
+    resumed = (
         sa.select(tasks.c.id, tasks.c.api_key_id, tasks.c.created_at)
-        .where(tasks.c.status == PENDING, tasks.c.api_key_id == key, *where(tasks))
+        .where(_resumable(tasks), tasks.c.api_key_id.in_(_KEYS), *where(tasks))
         .order_by(tasks.c.created_at, tasks.c.id)
-        .limit(limit)
+        .limit(_LIMIT)
+    )
+    running = (
+        sa.select(tasks.c.api_key_id, sa.func.count())
+        .where(
+            tasks.c.status == PROCESSING,
+            tasks.c.api_key_id.in_(_KEYS),
+            tasks.c.lease_expires_at >= _NOW,
+        )
+        .group_by(tasks.c.api_key_id)
+    )
+    owner: sa.ColumnElement[str] = sa.bindparam("owner", type_=sa.String)
+    if owner_is_prefix:
+        owner = owner + tasks.c.id
+    runnable = sa.or_(tasks.c.status == PENDING, _resumable(tasks))
+    update = (
+        tasks.update()
+        .where(tasks.c.id.in_(sa.bindparam("ids", expanding=True)), runnable)
+        .values(
+            status=PROCESSING,
+            lease_owner=owner,
+            lease_expires_at=sa.bindparam("lease_until", type_=sa.Float),
+            attempts=tasks.c.attempts + 1,
+            started_at=sa.func.coalesce(tasks.c.started_at, _NOW),
+            updated_at=_NOW,
+        )
+        .returning(*tasks.c)
+    )
+    return ClaimStatements(
+        keys_to_serve(where), resumed, key_queues(where, dialect), running, update
     )
 
 
@@ -157,6 +247,17 @@ def deal(order: Sequence[str], queues: dict[str, list[str]], limit: int) -> list
     return picked
 
 
+def _upsert(dialect: str, *, keep: bool) -> sa.Insert:
+    """`INSERT INTO queue_keys ... ON CONFLICT`: keep the row (make it if missing), or set its
+    served_at."""
+    insert = postgresql.insert(queue_keys) if dialect == "postgresql" else sqlite.insert(queue_keys)
+    if keep:
+        return insert.on_conflict_do_nothing(index_elements=["api_key_id"])
+    return insert.on_conflict_do_update(
+        index_elements=["api_key_id"], set_={"served_at": insert.excluded.served_at}
+    )
+
+
 class TaskClaims:
     """The claims of `TaskQueue` (queue.py), which sets `engine`."""
 
@@ -178,7 +279,8 @@ class TaskClaims:
         """Take the next runnable task in the fair order under the lease token `token`
         (`claim_many`)."""
         claimed = await self._claim(
-            sa.literal(token, sa.String),
+            token,
+            False,
             1,
             lease_seconds=lease_seconds,
             max_attempts=max_attempts,
@@ -204,7 +306,8 @@ class TaskClaims:
         being runnable still, and claims of one key take turns (PostgreSQL: its `queue_keys`
         row is locked; SQLite: one writer at a time)."""
         return await self._claim(
-            sa.literal(prefix, sa.String) + tasks.c.id,
+            prefix,
+            True,
             limit,
             lease_seconds=lease_seconds,
             max_attempts=max_attempts,
@@ -214,7 +317,8 @@ class TaskClaims:
 
     async def _claim(
         self,
-        owner: sa.ColumnElement[str],
+        owner: str,
+        owner_is_prefix: bool,
         limit: int,
         *,
         lease_seconds: float,
@@ -223,13 +327,20 @@ class TaskClaims:
         models: Collection[str] | None,
     ) -> list[TaskRecord]:
         limit = max(1, limit)
-        where = task_filter(providers, models)
+        dialect = self.engine.dialect.name
+        sql = claim_statements(dialect, providers is not None, models is not None, owner_is_prefix)
+        filters = filter_params(providers, models)
         async with begin_write(self.engine) as conn:
-            if not self.is_postgres:
+            if self.is_postgres:
+                # The loose scan's steps must be ordered index scans that stop at the first
+                # match; a planner misled by stale statistics (a burst into a table it saw
+                # without pending tasks) would take a bitmap scan of every pending task.
+                await conn.exec_driver_sql("SET LOCAL enable_bitmapscan = off")
+            else:
                 await conn.exec_driver_sql("BEGIN IMMEDIATE")  # the write lock, from the start
             now = time.time()
-            stmt = keys_to_serve(where, now=now, max_attempts=max_attempts, limit=limit)
-            rows = (await conn.execute(stmt)).all()
+            bound = {"now": now, "max_attempts": max_attempts, **filters}
+            rows = (await conn.execute(sql.keys, {**bound, "limit": limit})).all()
             if not rows:
                 return []
             order = [str(row[0]) for row in rows]
@@ -238,122 +349,70 @@ class TaskClaims:
                 k: limit if caps[k] is None else max(0, int(caps[k]) - int(row[3] or 0))
                 for k, row in zip(order, rows, strict=True)
             }
+            # Every key served gets a queue_keys row; PostgreSQL locks them, in key order.
+            ordered = sorted(order)
+            await conn.execute(
+                _upsert(dialect, keep=True), [{"api_key_id": k, "served_at": 0.0} for k in ordered]
+            )
             limited = [k for k in order if caps[k] is not None]
             if self.is_postgres:
-                await self._lock_keys(conn, order)
+                await conn.execute(
+                    sa.select(queue_keys.c.api_key_id)
+                    .where(queue_keys.c.api_key_id.in_(_KEYS))
+                    .order_by(queue_keys.c.api_key_id)
+                    .with_for_update(),
+                    {"keys": ordered},
+                )
                 if limited:  # counted again, now that no other claim of these keys runs
-                    counted = await self._running(conn, limited, now)
+                    counted = {
+                        str(k): int(n)
+                        for k, n in await conn.execute(sql.running, {"keys": limited, "now": now})
+                    }
                     for k in limited:
                         room[k] = max(0, int(caps[k]) - counted.get(k, 0))
-            queues = await self._queues(conn, order, room, where, now, max_attempts, limit)
+            queues = await self._queues(conn, sql, order, room, bound, limit)
             picked = deal(order, queues, limit)
             if not picked:
                 return []
-            runnable = sa.or_(tasks.c.status == PENDING, _resumable(tasks, now, max_attempts))
-            update = (
-                tasks.update()
-                .where(tasks.c.id.in_([task_id for _, task_id in picked]), runnable)
-                .values(
-                    status=PROCESSING,
-                    lease_owner=owner,
-                    lease_expires_at=now + lease_seconds,
-                    attempts=tasks.c.attempts + 1,
-                    started_at=sa.func.coalesce(tasks.c.started_at, now),
-                    updated_at=now,
-                )
-                .returning(*tasks.c)
-            )
-            claimed = {row.id: TaskRecord.from_row(row) for row in (await conn.execute(update))}
+            params = {
+                **bound,
+                "ids": [task_id for _, task_id in picked],
+                "owner": owner,
+                "lease_until": now + lease_seconds,
+            }
+            claimed = {
+                row.id: TaskRecord.from_row(row) for row in await conn.execute(sql.update, params)
+            }
             slots = {key: slot for slot, (key, task_id) in enumerate(picked) if task_id in claimed}
             if slots:
-                await self._served(conn, {k: now + s * SLOT_SECONDS for k, s in slots.items()})
+                served = [
+                    {"api_key_id": k, "served_at": now + s * SLOT_SECONDS}
+                    for k, s in sorted(slots.items())
+                ]
+                await conn.execute(_upsert(dialect, keep=False), served)
         return [claimed[task_id] for _, task_id in picked if task_id in claimed]
 
     async def _queues(
         self,
         conn: AsyncConnection,
+        sql: ClaimStatements,
         order: list[str],
         room: dict[str, int],
-        where: Filter,
-        now: float,
-        max_attempts: int,
+        bound: dict[str, Any],
         limit: int,
     ) -> dict[str, list[str]]:
         """Step 3: each key's runnable tasks in its own order (resumed ones, then pending ones
         oldest first), at most its room; a key needs at most `limit - (keys - 1)` of them,
         the others having at least one each."""
         most = max(1, limit - len(order) + 1)
-        wanted = {k: min(room[k], most) for k in order if room[k] > 0}
+        wanted = [k for k in order if room[k] > 0]
         if not wanted:
             return {}
         queues: dict[str, list[str]] = {k: [] for k in wanted}
-        resumed = (
-            sa.select(tasks.c.id, tasks.c.api_key_id, tasks.c.created_at)
-            .where(
-                _resumable(tasks, now, max_attempts),
-                tasks.c.api_key_id.in_(list(wanted)),
-                *where(tasks),
-            )
-            .order_by(tasks.c.created_at, tasks.c.id)
-            .limit(limit)
-        )
-        for task_id, key, _ in (await conn.execute(resumed)).all():
+        rows = await conn.execute(sql.resumed, {**bound, "keys": wanted, "limit": limit})
+        for task_id, key, _ in rows.all():
             queues[str(key)].append(str(task_id))
-        arms: list[sa.Select[Any]] = []
-        for key, n in wanted.items():
-            n -= len(queues[key])
-            if n > 0:
-                arm = key_queue(where, key, n).subquery()
-                arms.append(sa.select(*arm.c))
-        if arms:
-            pending = arms[0] if len(arms) == 1 else sa.union_all(*arms)
-            rows = (await conn.execute(pending)).all()
-            for task_id, key, _ in sorted(rows, key=lambda r: (r[2], r[0])):
-                queues[str(key)].append(str(task_id))
-        return queues
-
-    async def _lock_keys(self, conn: AsyncConnection, keys: list[str]) -> None:
-        """PostgreSQL: lock the keys' `queue_keys` rows (made if missing), in key order, so that
-        claims of one key take turns and deadlocks cannot form."""
-        ordered = sorted(set(keys))
-        insert = postgresql.insert(queue_keys).values(
-            [{"api_key_id": k, "served_at": 0.0} for k in ordered]
-        )
-        await conn.execute(insert.on_conflict_do_nothing(index_elements=["api_key_id"]))
-        await conn.execute(
-            sa.select(queue_keys.c.api_key_id)
-            .where(queue_keys.c.api_key_id.in_(ordered))
-            .order_by(queue_keys.c.api_key_id)
-            .with_for_update()
-        )
-
-    async def _running(self, conn: AsyncConnection, keys: list[str], now: float) -> dict[str, int]:
-        """The keys' processing tasks under live leases, read after their rows are locked."""
-        query = (
-            sa.select(tasks.c.api_key_id, sa.func.count())
-            .where(
-                tasks.c.status == PROCESSING,
-                tasks.c.api_key_id.in_(keys),
-                tasks.c.lease_expires_at >= now,
-            )
-            .group_by(tasks.c.api_key_id)
-        )
-        return {str(k): int(n) for k, n in (await conn.execute(query)).all()}
-
-    async def _served(self, conn: AsyncConnection, served: dict[str, float]) -> None:
-        """Step 5: when each served key was served (an upsert of its `queue_keys` row)."""
-        values = [{"api_key_id": k, "served_at": at} for k, at in sorted(served.items())]
-        if self.is_postgres:
-            pg = postgresql.insert(queue_keys).values(values)
-            await conn.execute(
-                pg.on_conflict_do_update(
-                    index_elements=["api_key_id"], set_={"served_at": pg.excluded.served_at}
-                )
-            )
-        else:
-            lite = sqlite.insert(queue_keys).values(values)
-            await conn.execute(
-                lite.on_conflict_do_update(
-                    index_elements=["api_key_id"], set_={"served_at": lite.excluded.served_at}
-                )
-            )
+        pending = (await conn.execute(sql.queues, {**bound, "keys": wanted, "limit": most})).all()
+        for task_id, key, _ in sorted(pending, key=lambda r: (r[2], r[0])):
+            queues[str(key)].append(str(task_id))
+        return {k: q[: min(room[k], most)] for k, q in queues.items()}

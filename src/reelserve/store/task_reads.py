@@ -45,27 +45,36 @@ def position_of(
     each is counted up to `r + 1` tasks. Tasks being resumed after a lost worker, a worker's
     providers and keys waiting at their max_running are not accounted for."""
     p = tasks.alias("p")
-    ahead_in_key = (
-        sa.select(sa.func.count())
-        .select_from(p)
-        .where(
-            p.c.status == PENDING,
-            p.c.api_key_id == key,
-            p.c.created_at <= created_at,
-            sa.or_(p.c.created_at < created_at, p.c.id < task_id),
-        )
-        .scalar_subquery()
-    )
     mine = queue_keys.alias("mine")
-    my_turn = sa.func.coalesce(
-        sa.select(mine.c.served_at).where(mine.c.api_key_id == key).scalar_subquery(), 0.0
+    me = (  # this task's key: its tasks ahead of this one (r), and when it was last served
+        sa.select(
+            sa.select(sa.func.count())
+            .select_from(p)
+            .where(
+                p.c.status == PENDING,
+                p.c.api_key_id == key,
+                p.c.created_at <= created_at,
+                sa.or_(p.c.created_at < created_at, p.c.id < task_id),
+            )
+            .scalar_subquery()
+            .label("r"),
+            sa.func.coalesce(
+                sa.select(mine.c.served_at).where(mine.c.api_key_id == key).scalar_subquery(),
+                0.0,
+            ).label("turn"),
+        )
+        .cte("position_me")
+        .prefix_with("MATERIALIZED")
     )
+    ahead_in_key = sa.select(me.c.r).scalar_subquery()  # counted once, read where needed
+    my_turn = sa.select(me.c.turn).scalar_subquery()
     keys = pending_keys(task_filter(None, None), "position_keys")
     q = tasks.alias("q")
     upto = (  # the key's pending tasks, at most r + 1 of them
         sa.select(sa.literal(1).label("one"))
         .select_from(q)
         .where(q.c.status == PENDING, q.c.api_key_id == keys.c.id)
+        .order_by(q.c.created_at)  # the index's order: an index range, never a table scan
         .limit(ahead_in_key + 1)
         .correlate(keys)
         .subquery("upto")

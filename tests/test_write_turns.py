@@ -56,19 +56,20 @@ async def test_background_writes_wait_behind_client_writes_on_a_real_database(
     async with engine.begin() as conn:
         await conn.execute(sa.text("CREATE TABLE t (who TEXT)"))
     order: list[str] = []
+    first_written = asyncio.Event()
 
     async def write(who: str) -> None:
         async with begin_write(engine) as conn:
             await conn.execute(sa.text("INSERT INTO t VALUES (:w)"), {"w": who})
             order.append(who)
+            first_written.set()
 
     async def worker() -> None:
         background_writes()  # as a worker does at its start; tasks it starts inherit it
         await asyncio.gather(*(write(f"worker{i}") for i in range(20)))
 
     background = asyncio.create_task(worker())
-    while not order:  # the worker's burst is queued behind its first write
-        await asyncio.sleep(0)
+    await first_written.wait()  # the worker's burst is queued behind its first write
     await write("client")
     await background
     assert order.index("client") <= 2, order  # next (or next but one), not behind the burst

@@ -17,6 +17,7 @@ from reelserve.domain.result import TaskResult, TaskView
 from reelserve.domain.task import TaskStatus
 from reelserve.store.db import create_engine, current_revision, head_revision, upgrade
 from reelserve.store.queue import CancelOutcome, IdempotencyConflict, TaskQueue
+from reelserve.store.tables import CANCEL_REQUESTED
 from tests.databases import database_url
 
 
@@ -268,6 +269,48 @@ async def test_grouped_writes_keep_each_fence(queue: TaskQueue) -> None:
         task = await queue.get(tid)
         assert task is not None
         assert task.checkpoint == ({"i": i} if i % 2 == 0 else None)
+
+
+async def test_progress_flush_is_fenced_and_cancel_requests_are_one_read(
+    queue: TaskQueue,
+) -> None:
+    ids = [await _submit(queue) for _ in range(4)]
+    claimed = await queue.claim_many("p:", 4, lease_seconds=30, max_attempts=3)
+    assert [t.id for t in claimed] == ids
+    await queue.flush_progress(
+        {f"p:{ids[0]}": (ids[0], 40), "p:stale": (ids[1], 50), f"p:{ids[2]}": (ids[2], 10)}
+    )
+    await queue.flush_progress({f"p:{ids[0]}": (ids[0], 20)})  # never lowered
+    got = {tid: (await queue.get(tid)) for tid in ids}
+    assert [got[t].progress for t in ids] == [40, 0, 10, 0]  # type: ignore[union-attr]
+    assert await queue.cancel_requests() == set()
+    assert (await queue.cancel(ids[1], "key_a"))[0] is CancelOutcome.REQUESTED
+    assert (await queue.cancel(ids[3], "key_a"))[0] is CancelOutcome.REQUESTED
+    assert await queue.cancel_requests() == {f"p:{ids[1]}", f"p:{ids[3]}"}
+    assert await queue.mark_cancelled(ids[3], f"p:{ids[3]}")
+    assert await queue.cancel_requests() == {f"p:{ids[1]}"}  # finished: out of the index
+    # The read goes through the partial index of running tasks asked to cancel.
+    async with queue.engine.connect() as conn:
+        if queue.is_postgres:
+            await conn.exec_driver_sql("SET enable_seqscan = off")
+            plan = "\n".join(
+                str(r[0])
+                for r in await conn.exec_driver_sql(
+                    "EXPLAIN SELECT lease_owner FROM tasks WHERE "
+                    + CANCEL_REQUESTED
+                    + " AND status = 'processing'"
+                )
+            )
+        else:
+            plan = "\n".join(
+                str(r[-1])
+                for r in await conn.exec_driver_sql(
+                    "EXPLAIN QUERY PLAN SELECT lease_owner FROM tasks WHERE "
+                    + CANCEL_REQUESTED
+                    + " AND status = 'processing'"
+                )
+            )
+    assert "ix_tasks_cancel_requested" in plan, plan
 
 
 async def test_idempotency_window_and_conflict(queue: TaskQueue) -> None:

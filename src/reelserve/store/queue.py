@@ -30,7 +30,7 @@ from reelserve.store import ledger
 from reelserve.store.db import begin_write
 from reelserve.store.groups import WriteGroups
 from reelserve.store.reads import SqliteReader, sqlite_path
-from reelserve.store.tables import tasks
+from reelserve.store.tables import CANCEL_REQUESTED, tasks
 from reelserve.store.task_claims import TaskClaims
 from reelserve.store.task_maintenance import TaskMaintenance
 from reelserve.store.task_reads import TaskReads, TaskStats
@@ -312,6 +312,32 @@ class TaskQueue(TaskClaims, TaskReads, TaskMaintenance):
                     changed,
                 )
         return owned
+
+    async def flush_progress(self, progress: Mapping[str, tuple[str, int]]) -> None:
+        """Raise the progress of running attempts, `{token: (task id, percent)}`, in one
+        fenced statement (executed per row) in one grouped transaction; never lowering it."""
+        if not progress:
+            return
+        rows = [
+            {"task_id": tid, "token": token, "pct": pct} for token, (tid, pct) in progress.items()
+        ]
+        pct = sa.bindparam("pct", type_=sa.Integer)
+        stmt = _fenced(sa.bindparam("task_id"), sa.bindparam("token")).values(progress=_raised(pct))
+
+        async def write(conn: AsyncConnection) -> None:
+            await conn.execute(stmt, rows)
+
+        await self.writes.run(write)
+
+    async def cancel_requests(self) -> set[str]:
+        """The lease tokens of running attempts whose client asked to cancel: one read, through
+        a partial index that holds only the tasks asked to cancel (`ix_tasks_cancel_requested`),
+        however many tasks are in flight."""
+        stmt = sa.select(tasks.c.lease_owner).where(
+            sa.text(CANCEL_REQUESTED), tasks.c.status == PROCESSING
+        )
+        async with self.engine.connect() as conn:
+            return {str(owner) for (owner,) in (await conn.execute(stmt)).all() if owner}
 
     async def checkpoint(self, task_id: str, token: str, state: dict[str, Any]) -> bool:
         return await self._write_fenced(task_id, token, checkpoint=state, updated_at=time.time())

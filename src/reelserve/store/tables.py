@@ -27,6 +27,10 @@ api_keys = sa.Table(
     sa.Column("admin", sa.Boolean, nullable=False, server_default=sa.false()),
 )
 
+# The predicate of the partial index of cancel requests, written out so that a query can repeat
+# it exactly (SQLite uses a partial index only for a WHERE that contains its terms as written).
+CANCEL_REQUESTED = "cancel_requested"
+
 tasks = sa.Table(
     "tasks",
     metadata,
@@ -60,6 +64,14 @@ tasks = sa.Table(
     sa.Index("ix_tasks_retention", "finished_at"),
     sa.Index("ix_tasks_owner", "api_key_id", "id"),
     sa.Index("ix_tasks_key_created", "api_key_id", "created_at"),  # the rate check
+    # Tasks whose client asked to cancel, and only those, by status (TaskQueue.cancel_requests).
+    sa.Index(
+        "ix_tasks_cancel_requested",
+        "status",
+        "lease_owner",
+        sqlite_where=sa.text(CANCEL_REQUESTED),
+        postgresql_where=sa.text(CANCEL_REQUESTED),
+    ),
     sa.Index("ux_tasks_idempotency", "api_key_id", "idempotency_key", unique=True),
 )
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import secrets
 import shutil
 import time
@@ -140,20 +139,26 @@ class Attempts:
 
     async def _watched(self, run: Coroutine[Any, Any, list[Clip]], ctx: TaskContext) -> list[Clip]:
         """`run` (a provider's), abandoned `stop_timeout` seconds after a cancellation or a lost
-        lease that it ignores."""
+        lease that it ignores. Nothing wakes before a stop: the watch waits on the provider and
+        on the attempt's stop event together."""
         job = asyncio.ensure_future(run)
+        stopped = asyncio.ensure_future(ctx.wait_stopped())
         timeout = self.settings.stop_timeout
         try:
-            while True:
-                done, _ = await asyncio.wait({job}, timeout=min(1.0, timeout / 4))
-                if done:
-                    return job.result()
-                since = ctx.stopped_at or math.inf
-                if ctx.stop_reason in ("cancel", "lost") and time.monotonic() - since >= timeout:
-                    break
+            done, _ = await asyncio.wait({job, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            if job not in done and ctx.stop_reason not in ("cancel", "lost"):
+                return await job  # a shutdown: the claim loop's grace period bounds it
+            if job not in done:
+                since = ctx.stopped_at or time.monotonic()
+                left = max(0.0, timeout - (time.monotonic() - since))
+                done, _ = await asyncio.wait({job}, timeout=left)
+            if job in done:
+                return job.result()
         except asyncio.CancelledError:
             job.cancel()
             raise
+        finally:
+            stopped.cancel()
         job.cancel()  # ends the provider's awaits; a thread it waits on runs on, abandoned
         await asyncio.wait({job}, timeout=1)
         if ctx.stop_reason == "lost":

@@ -49,6 +49,12 @@ class TaskContext:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _timers: Timers = field(default_factory=Timers)  # the worker's, shared by its attempts
     _waiting: asyncio.Future[None] | None = None  # the current `sleep`, woken by a stop
+    _stopped: asyncio.Event = field(default_factory=asyncio.Event)  # set by `stop`
+    _loop: asyncio.AbstractEventLoop | None = None  # the attempt's loop, for `stop` from a thread
+
+    def __post_init__(self) -> None:
+        with contextlib.suppress(RuntimeError):
+            self._loop = asyncio.get_running_loop()
 
     def report_progress(self, fraction: float) -> None:
         with self._lock:
@@ -69,6 +75,12 @@ class TaskContext:
         if waiting is not None:
             # Wake the wait now; from another thread, in the wait's own loop.
             waiting.get_loop().call_soon_threadsafe(_wake, waiting)
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._stopped.set)
+
+    async def wait_stopped(self) -> None:
+        """Return once the attempt is asked to stop (no polling: `stop` sets an event)."""
+        await self._stopped.wait()
 
     @property
     def stopped_at(self) -> float | None:

@@ -10,9 +10,10 @@ Lanes, each with its own bound, so that no kind of work waits behind another:
   `webhook_concurrency`.
 
 Each task attempt (`worker/attempt.py`) is keyed by its lease token. Beside the loop: one lease
-renewal of every attempt per interval (`TaskQueue.heartbeat_many`, flushing progress and
-bringing back cancel requests), the reaper that fails tasks whose attempts are spent, and the
-retention sweep. A graceful stop asks every provider to stop and hands the leases back; a
+renewal of every attempt every `lease_seconds / 3` (`TaskQueue.heartbeat_many`), a flush every
+`progress_flush_interval` of the progress that rose (one grouped statement) and of the cancel
+requests (one read of a partial index), the reaper that fails tasks whose attempts are spent,
+and the retention sweep. A graceful stop asks every provider to stop and hands the leases back; a
 provider that ignores it is abandoned after `shutdown_grace` and, with `exit_when_stuck` (the
 CLI's workers), the process exits without waiting for its thread, which would otherwise keep it
 alive.
@@ -83,11 +84,21 @@ class Worker:
             lanes.insert(0, self._task_lane(REMOTE, self.remote_providers, self.remote_concurrency))
         if self.compute_providers:
             lanes.insert(0, self._task_lane(COMPUTE, self.compute_providers, self.concurrency))
-        heartbeat = min(settings.lease_seconds / 3, settings.progress_flush_interval)
         self.loop = ClaimLoop(
             lanes,
             [
-                Periodic("renewing the leases", heartbeat, self.heartbeat, at_start=False),
+                Periodic(
+                    "renewing the leases",
+                    settings.lease_seconds / 3,
+                    self.heartbeat,
+                    at_start=False,
+                ),
+                Periodic(
+                    "flushing progress and cancel requests",
+                    settings.progress_flush_interval,
+                    self.flush,
+                    at_start=False,
+                ),
                 Periodic("failing exhausted tasks", settings.lease_seconds / 2, self.reap),
                 Periodic("the retention sweep", settings.sweep_interval, self.sweep),
             ],
@@ -169,28 +180,41 @@ class Worker:
 
     async def heartbeat(self) -> None:
         """One renewal of every lease this worker holds (a statement per chunk,
-        `TaskQueue.heartbeat_many`), with the progress of the tasks whose progress rose; then
-        the tasks found lost or cancelled are told so."""
+        `TaskQueue.heartbeat_many`, every `lease_seconds / 3`), then the attempts found lost
+        or cancelled are told so."""
         contexts = list(self.attempts.contexts.values())
         if not contexts:
             return
         leases = [(ctx.task_id, ctx.token) for ctx in contexts]
-        progress = {}
-        for ctx in contexts:
-            pct = int(ctx.fraction * PROVIDER_SHARE)
-            if pct > ctx.sent_progress:
-                progress[ctx.token] = pct
         owned = await self.parts.queue.heartbeat_many(
-            leases, lease_seconds=self.settings.lease_seconds, progress=progress
+            leases, lease_seconds=self.settings.lease_seconds
         )
         for ctx in contexts:
             if ctx.token not in owned:
                 ctx.stop("lost")
-                continue
-            if ctx.token in progress:
-                ctx.sent_progress = progress[ctx.token]
-            if owned[ctx.token]:
+            elif owned[ctx.token]:
                 ctx.stop("cancel")
+
+    async def flush(self) -> None:
+        """Every `progress_flush_interval`: the progress of the attempts whose progress rose,
+        in one grouped statement, and the client's cancel requests for any of them, from one
+        read (a partial index of the running tasks asked to cancel)."""
+        contexts = self.attempts.contexts
+        if not contexts:
+            return
+        progress: dict[str, tuple[str, int]] = {}
+        for ctx in contexts.values():
+            pct = int(ctx.fraction * PROVIDER_SHARE)
+            if pct > ctx.sent_progress:
+                progress[ctx.token] = (ctx.task_id, pct)
+        if progress:
+            await self.parts.queue.flush_progress(progress)
+            for token, (_, pct) in progress.items():
+                if (sent := contexts.get(token)) is not None:
+                    sent.sent_progress = pct
+        for token in await self.parts.queue.cancel_requests():
+            if (asked := contexts.get(token)) is not None:
+                asked.stop("cancel")
 
     async def reap(self) -> list[str]:
         """Fail the tasks whose leases expired after their last allowed attempt."""

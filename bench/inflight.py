@@ -1,12 +1,14 @@
 """Veo tasks in flight: what thousands of upstream operations cost one `reelserve serve`.
 
-    python -m bench.inflight [--tasks 1000] [--polls 10] [--poll-interval 1]
+    python -m bench.inflight [--tasks 1000] [--polls 10] [--poll-interval 1] [--spread 0]
                              [--database sqlite|postgresql] [--baseline-src DIR]
 
 A real `reelserve serve` process (API and in-process worker, the embedded defaults) runs N Veo
 tasks against the local fake Google (`tests/fakes/google_veo.py`, Vertex AI backend), whose
 operations are done after `--polls` polls (`poll_interval` seconds apart, so an operation lasts
-about polls x interval seconds). While they are in flight it prints, from one run:
+about polls x interval seconds; `--spread F` varies that per operation by up to +-F, as real
+operations vary, so that their ends do not all land in one second). While they are in flight it
+prints, from one run:
 
 - the server's CPU (cores) and RSS while polling;
 - database commits per second (PostgreSQL; `pg_stat_database`);
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import random
 import secrets
 import subprocess
 import sys
@@ -40,6 +43,27 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.fakes.google_veo import FakeGoogle, serve  # noqa: E402
+
+
+class SpreadFake(FakeGoogle):
+    """The fake Google, each of whose operations lasts its own number of polls: uniform within
+    +- `spread` of `done_after` (real Veo operations take from under a minute to several), so
+    that their ends do not all come in the same second."""
+
+    spread = 0.0
+    _base = 1
+
+    @property  # type: ignore[override]
+    def done_after(self) -> int:
+        if not self.spread:
+            return self._base
+        low = max(1, round(self._base * (1 - self.spread)))
+        return random.randint(low, max(low, round(self._base * (1 + self.spread))))
+
+    @done_after.setter
+    def done_after(self, value: int) -> None:
+        self._base = value
+
 
 PROJECT = ("bench-proj", "us-central1")
 TOKEN = "ya29.bench-token"
@@ -119,9 +143,10 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def run_one(label: str, src: Path, args: argparse.Namespace, fake: FakeGoogle) -> dict[str, float]:
+def run_one(label: str, src: Path, args: argparse.Namespace, fake: SpreadFake) -> dict[str, float]:
     fake.reset()
     fake.done_after = args.polls
+    fake.spread = args.spread
     n = args.tasks
     with tempfile.TemporaryDirectory() as tmp, _database(args.database, Path(tmp)) as urls:
         data_dir = Path(tmp)
@@ -220,7 +245,7 @@ def run_one(label: str, src: Path, args: argparse.Namespace, fake: FakeGoogle) -
             # Only polling: from a second after the last submit until shortly before the first
             # operation is done (no downloads, probes or thumbnails yet).
             op_seconds = args.polls * args.poll_interval
-            window_end = t0 + 0.85 * op_seconds
+            window_end = t0 + 0.85 * op_seconds * (1 - args.spread)
             polling_cores = polling_commits = float("nan")
             if window_end - time.monotonic() > 3:
                 time.sleep(1)
@@ -245,7 +270,7 @@ def run_one(label: str, src: Path, args: argparse.Namespace, fake: FakeGoogle) -
             elapsed = time.monotonic() - at_start
             cores = (_cpu_seconds(server.pid) - cpu_start) / elapsed
             commits = (_commits(db, args.database) - commits_start) / elapsed
-            lags = _lags(db, fake, ids, args.polls)
+            lags = _lags(db, fake, ids)
             failed = _count(db, "failed")
         finally:
             server.terminate()
@@ -289,7 +314,7 @@ def _commits(db: Db, kind: str) -> float:
     return db.scalar("SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()")
 
 
-def _lags(db: Db, fake: FakeGoogle, ids: dict[str, str], polls: int) -> list[float]:
+def _lags(db: Db, fake: FakeGoogle, ids: dict[str, str]) -> list[float]:
     """Per task: its `finished_at` minus the time the fake answered its operation's done poll."""
     done_at: dict[str, float] = {}
     with fake.lock:
@@ -303,8 +328,8 @@ def _lags(db: Db, fake: FakeGoogle, ids: dict[str, str], polls: int) -> list[flo
     for op in operations:
         times = sorted(by_name.get(op.name, []))
         prompt = str(op.instance.get("prompt"))
-        if prompt in ids and len(times) > polls:
-            done_at[ids[prompt]] = times[polls]
+        if prompt in ids and len(times) > op.done_after:
+            done_at[ids[prompt]] = times[op.done_after]
     rows = db.rows("SELECT id, finished_at FROM tasks WHERE finished_at IS NOT NULL")
     return [float(f) - done_at[i] for i, f in rows if i in done_at]
 
@@ -314,6 +339,12 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=1000)
     parser.add_argument("--polls", type=int, default=10, help="polls until an operation is done")
     parser.add_argument("--poll-interval", type=float, default=1.0)
+    parser.add_argument(
+        "--spread",
+        type=float,
+        default=0.0,
+        help="each operation lasts polls x (1 +- this), uniformly (0: all alike)",
+    )
     parser.add_argument("--database", choices=["sqlite", "postgresql"], default="sqlite")
     parser.add_argument("--baseline-src", type=Path, help="another checkout's src/ to compare")
     parser.add_argument("--timeout", type=float, default=1800)
@@ -321,7 +352,7 @@ def main() -> None:
     runs: list[tuple[str, Path]] = [("reelserve", ROOT / "src")]
     if args.baseline_src is not None:
         runs.insert(0, ("baseline", args.baseline_src.resolve()))
-    fake = FakeGoogle(vertex_projects=(PROJECT,), static_tokens=(TOKEN,))
+    fake = SpreadFake(vertex_projects=(PROJECT,), static_tokens=(TOKEN,))
     results: dict[str, dict[str, float]] = {}
     with serve(fake):
         for label, src in runs:

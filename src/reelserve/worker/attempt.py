@@ -110,7 +110,7 @@ class Attempts:
             self.parts.metrics.task_attempt_finished(
                 task.model, outcome, time.monotonic() - claimed_at
             )
-            await asyncio.to_thread(shutil.rmtree, workdir, True)
+            await asyncio.to_thread(self._remove_workdir, workdir)
             log.info("task %s %s (attempt %d)", task.id, outcome, task.attempts)
             self._on_finished()
 
@@ -171,14 +171,23 @@ class Attempts:
         )
 
     def _fresh_workdir(self, task_id: str) -> Path:
-        """A scratch directory for this attempt, after removing any left by an earlier,
-        interrupted attempt (this worker holds the task's lease now)."""
-        scratch = self.settings.data_dir / "work"
-        for stale in scratch.glob(f"{task_id}.*"):
-            shutil.rmtree(stale, ignore_errors=True)
-        workdir = scratch / f"{task_id}.{secrets.token_hex(3)}"
+        """A scratch directory for this attempt, `work/<task id>/<random>`, after removing any
+        left by an earlier, interrupted attempt (this worker holds the task's lease now). One
+        directory per task: finding the leftovers never lists the other tasks' (ten thousand
+        in flight made that a scan per claim)."""
+        task_dir = self.settings.data_dir / "work" / task_id
+        if task_dir.exists():
+            shutil.rmtree(task_dir, ignore_errors=True)
+        workdir = task_dir / secrets.token_hex(3)
         workdir.mkdir(parents=True, exist_ok=True)
         return workdir
+
+    @staticmethod
+    def _remove_workdir(workdir: Path) -> None:
+        """This attempt's scratch directory, and its task's when no other attempt uses it."""
+        shutil.rmtree(workdir, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            workdir.parent.rmdir()
 
     async def _inputs(
         self, task: TaskRecord, spec: GenerationSpec, ctx: TaskContext

@@ -30,9 +30,15 @@ PUBLIC = {
     ("get", "/metrics"),
     ("get", "/v1/files/{token}"),
 }
-# A fixed seed and a bounded number of cases per operation: about 25 s per engine on 2 cores.
+# A fixed seed and a bounded number of cases per operation: about 2.5 min per engine.
 SCHEMATHESIS_SEED = 1
 SCHEMATHESIS_EXAMPLES = 10
+# One schemathesis worker: its workers are threads, and on the CPython 3.11 this runs on two
+# threads parsing source at once (Hypothesis describing the filters it makes for the schemas'
+# anyOf members) can fail with "SystemError: AST constructor recursion depth mismatch" (the AST
+# constructor's depth counter is shared; cf. CPython gh-106905): a runtime error of the tool,
+# not an answer of the server, that failed two runs in five with 2 workers.
+SCHEMATHESIS_WORKERS = 1
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
@@ -187,7 +193,7 @@ def test_schemathesis_finds_no_server_error_or_undocumented_answer(
         "--max-examples",
         str(SCHEMATHESIS_EXAMPLES),
         "--workers",
-        "2",
+        str(SCHEMATHESIS_WORKERS),
         "--report-dir",
         str(tmp_path),
     ]

@@ -16,6 +16,7 @@ the screenshot of the finished page shown in docs/playground.md.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import os
 import shutil
@@ -30,6 +31,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from reelserve.api.routes.playground import content_security_policy
+from reelserve.cli.keys import mint_key_with_webhook_secret
 from tests.support import LiveServer, make_settings, submit, wait_task
 
 CHROMIUM = os.environ.get("REELSERVE_TEST_CHROMIUM", "/usr/bin/chromium")
@@ -48,6 +50,7 @@ SCREENSHOT_ENV = "REELSERVE_PLAYGROUND_SCREENSHOT"
 H264 = 'video/mp4; codecs="avc1.640028"'
 ORANGE = (240, 130, 20)
 BLUE = (30, 70, 220)
+VEO_AND_SANDBOX = ["sandbox", "veo3.1-fast-official"]
 
 
 def _in_ci() -> bool:
@@ -541,6 +544,92 @@ def test_task_list_paging_cancel_forget_and_narrow_screen(
         assert page.input_value("#api-key") == ""
         assert page.is_disabled("#model")
 
+        assert problems.errors == []
+    finally:
+        page.close()
+
+
+def _mint_limited(server: LiveServer, changes: dict[str, Any]) -> str:
+    """A test key with limits, minted on another thread (as `_mint`)."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        minted = pool.submit(
+            asyncio.run,
+            mint_key_with_webhook_secret(server.settings, "test", "limited", changes=changes),
+        )
+        return minted.result()[0]
+
+
+def test_balance_limits_and_the_402_and_429_as_messages(
+    browser: Any, idle_server: LiveServer
+) -> None:
+    """A key with a small budget and a rate of one submit a minute: the page shows its balance
+    and limits (GET /v1/usage), a submit above the budget shows the 402's message, and one over
+    the rate the 429's message with its Retry-After seconds."""
+    key = _mint_limited(
+        idle_server,
+        {"max_running": 2, "rate_per_minute": 1, "budget": 0.5, "models": VEO_AND_SANDBOX},
+    )
+    veo = {"model": "veo3.1-fast-official", "prompt": "a red kite", "duration": 8}
+    with idle_server.client(key) as api:
+        estimate = api.post("/v1/videos/estimates", json=veo).json()["data"]
+    assert estimate["estimated_cost"] > 0.5 and estimate["affordable"] is False
+    page = _new_page(browser)
+    problems = PageProblems(page, expected=(402, 429))
+    try:
+        page.goto(idle_server.url + "/")
+        assert page.is_hidden("#account")  # nothing to show before a key
+        _use_key(page, key)
+        page.wait_for_selector("#account:not([hidden])")
+        balance = page.get_by_label("Balance", exact=True)
+        limits = page.get_by_label("Limits", exact=True)
+        assert balance.inner_text() == (
+            "0.5 USD left of 0.5 USD (reserved 0 USD, spent 0 USD)"
+            " · test key: list prices, no money"
+        )
+        assert limits.inner_text() == (
+            "2 running at once · 1 submit per minute · budget 0.5"
+            " · models: sandbox, veo3.1-fast-official"
+        )
+
+        # Above the budget: the 402's message, and nothing reserved.
+        page.select_option("#model", "veo3.1-fast-official")
+        page.select_option("#resolution", "720p")
+        page.select_option("#duration", "8")
+        page.fill("#prompt", veo["prompt"])
+        page.click("#submit")
+        page.wait_for_selector("#form-error[data-status='402']:not([hidden])")
+        shown = page.inner_text("#form-error")
+        cost = f"{estimate['estimated_cost']:g} USD"
+        assert shown.startswith("Not enough balance: this request's estimated cost is "), shown
+        assert cost in shown and "left: 0.5 USD (budget 0.5 USD" in shown, shown
+        assert page.get_attribute("#form-error", "role") == "alert"
+        assert page.is_hidden("#task-view")
+        assert balance.inner_text().startswith("0.5 USD left of 0.5 USD")
+
+        # The one submit of this minute, made by another client; the page's next is over it.
+        with idle_server.client(key) as api:
+            submit(api, {"model": "sandbox", "prompt": "the minute's one", "duration": 1})
+        page.select_option("#model", "sandbox")
+        page.select_option("#duration", "1")
+        page.click("#submit")
+        page.wait_for_selector("#form-error[data-status='429']:not([hidden])")
+        shown = page.inner_text("#form-error")
+        assert shown.startswith(
+            "Too many submits: this API key may submit 1 task per minute and has reached that"
+        ), shown
+        seconds = int(shown.rsplit("Try again in ", 1)[1].split(" ")[0])
+        assert 1 <= seconds <= 60 and shown.endswith(
+            f"Try again in {seconds} second{'s' if seconds != 1 else ''}."
+        ), shown
+        with idle_server.client(key) as api:
+            tasks = api.get("/v1/tasks").json()["data"]
+            usage = api.get("/v1/usage").json()["data"]
+        assert [t["model"] for t in tasks] == ["sandbox"]  # the refused two queued nothing
+        assert usage["balance"]["left"] == 0.5  # the 402 reserved nothing; sandbox costs 0
+
+        # Forgetting the key hides its account.
+        page.click("#forget-key")
+        assert page.is_hidden("#account")
         assert problems.errors == []
     finally:
         page.close()

@@ -44,6 +44,12 @@ def test_sandbox_usage_is_recorded_per_key_at_no_cost(server: LiveServer) -> Non
                 "currency": "USD",
             },
             "entries": [],
+            "limits": {
+                "max_running": None,
+                "rate_per_minute": None,
+                "budget": None,
+                "models": None,
+            },
         }
         started = time.time()
         ids = [

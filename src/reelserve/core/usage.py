@@ -1,5 +1,5 @@
-"""`GET /v1/usage` as an operation: the caller's usage over a time range, its ledger entries and
-its balance (budget, reserved, spent, left)."""
+"""`GET /v1/usage` as an operation: the caller's usage over a time range, its ledger entries, its
+balance (budget, reserved, spent, left) and its limits."""
 
 from __future__ import annotations
 
@@ -25,7 +25,8 @@ async def usage_report(
 ) -> dict[str, Any]:
     """The caller's completed tasks, videos, seconds of video and cost per model (and currency),
     recorded in [since, until) (Unix seconds; both optional, `until` later than `since`); its
-    newest ledger entries made in that range (at most `limit`); and its balance now.
+    newest ledger entries made in that range (at most `limit`); its balance now; and its limits
+    (as this process's key cache holds them: a change is seen within its refresh).
     An admin key has none (a 403: its report is `GET /v1/admin/usage`)."""
     require_tenant(key)
     check_range(since, until)
@@ -40,6 +41,7 @@ async def usage_report(
     report["test"] = key.is_test
     report["balance"] = balance_json(balance)
     report["entries"] = [entry_json(e) for e in entries]
+    report["limits"] = key.limits.as_json()
     return report
 
 

@@ -146,6 +146,15 @@ class LedgerEntry(BaseModel):
     created: float = Field(description="Unix seconds")
 
 
+class Limits(BaseModel):
+    """A key's limits (`reelserve keys create|update`, the admin API); null: no limit."""
+
+    max_running: int | None = Field(description="its tasks processing at once")
+    rate_per_minute: int | None = Field(description="its submits in any 60 seconds")
+    budget: float | None = Field(description="in the price currency")
+    models: list[str] | None = Field(description="the model ids it may use; null: all")
+
+
 class Usage(BaseModel):
     object: Literal["usage"]
     since: float | None
@@ -155,6 +164,7 @@ class Usage(BaseModel):
     test: bool
     balance: Balance = Field(description="now, over all time")
     entries: list[LedgerEntry] = Field(description="the newest ledger entries in the range")
+    limits: Limits
 
 
 class UsageAnswer(BaseModel):

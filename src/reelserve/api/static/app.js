@@ -5,8 +5,10 @@
  * ({code, error: {message, type, param}}) and are shown next to the field `param` names.
  * Progress is followed on the task's event stream when the server has one (read with fetch,
  * since EventSource cannot send an Authorization header), and by polling GET /v1/tasks/{id}
- * with backoff otherwise or whenever the stream breaks. Every piece of server data is put on
- * the page with textContent or as an attribute, never as HTML.
+ * with backoff otherwise or whenever the stream breaks. The key's balance and limits come from
+ * GET /v1/usage; a 402 (budget) or 429 (submits per minute) is shown as a sentence above the
+ * button. Every piece of server data is put on the page with textContent or as an attribute,
+ * never as HTML.
  */
 "use strict";
 
@@ -108,6 +110,7 @@
     for (const name of [...FIELDS, "api-key"]) setFieldError(name, null);
     $("form-error").hidden = true;
     $("form-error").textContent = "";
+    delete $("form-error").dataset.status;
   }
 
   function setFieldError(name, message) {
@@ -126,12 +129,33 @@
     return true;
   }
 
+  /** What a refusal of the key's budget (402) or rate (429) says, as a sentence. */
+  function limitMessage(error) {
+    if (error.status === 402) {
+      return `Not enough balance: ${error.message}.`;
+    }
+    if (error.status === 429) {
+      const wait = error.retryAfter
+        ? ` Try again in ${error.retryAfter} second${error.retryAfter === 1 ? "" : "s"}.` : "";
+      return `Too many submits: ${error.message}.${wait}`;
+    }
+    return null;
+  }
+
   /** Show an API error next to the field it names, or above the submit button. */
   function showError(error) {
     const param = error.param;
     if (error.status === 401) {
       setFieldError("api-key", `${error.message}. Check the key above.`);
       $("api-key").focus();
+      return;
+    }
+    const limited = limitMessage(error);
+    if (limited) {
+      const box = $("form-error");
+      box.textContent = limited;
+      box.dataset.status = String(error.status);
+      box.hidden = false;
       return;
     }
     if (param && FIELDS.includes(param) && setFieldError(param, error.message)) {
@@ -181,7 +205,52 @@
       ? "Key saved in this browser's local storage. “Forget key” removes it."
       : "This browser does not allow local storage: the key is kept until the page is closed.";
     $("refresh-tasks").disabled = false;
+    loadAccount();
     loadTasks(true);
+  }
+
+  // ---- the key's balance and limits ----------------------------------------------------------
+
+  /** An amount as the server's messages write it: at most 6 decimals, no trailing zeros. */
+  function money(amount, currency) {
+    return `${Number(Number(amount).toFixed(6))} ${currency}`;
+  }
+
+  function describeBalance(balance, test) {
+    const c = balance.currency;
+    const held = `reserved ${money(balance.reserved, c)}, spent ${money(balance.spent, c)}`;
+    const text = balance.budget === null
+      ? `no budget (${held})`
+      : `${money(balance.left, c)} left of ${money(balance.budget, c)} (${held})`;
+    return test ? `${text} · test key: list prices, no money` : text;
+  }
+
+  function describeLimits(limits) {
+    const parts = [];
+    if (limits.max_running !== null) parts.push(`${limits.max_running} running at once`);
+    if (limits.rate_per_minute !== null) {
+      parts.push(`${limits.rate_per_minute} submit${limits.rate_per_minute === 1 ? "" : "s"} per minute`);
+    }
+    if (limits.budget !== null) parts.push(`budget ${money(limits.budget, "").trim()}`);
+    if (limits.models !== null) parts.push(`models: ${limits.models.join(", ")}`);
+    return parts.length ? parts.join(" · ") : "none";
+  }
+
+  /** Show the key's balance and limits (GET /v1/usage); quietly keep the last ones on error. */
+  async function loadAccount() {
+    if (!state.key) return;
+    const session = state.session;
+    try {
+      const usage = (await api("GET", "v1/usage?limit=1")).data;
+      if (session !== state.session) return;
+      $("account-balance").textContent = describeBalance(usage.balance, usage.test);
+      $("account-limits").textContent = usage.limits ? describeLimits(usage.limits) : "none";
+      $("account-status").textContent = "";
+      $("account").hidden = false;
+    } catch (error) {
+      if (session !== state.session) return;
+      $("account-status").textContent = `Could not read the balance: ${error.message}`;
+    }
   }
 
   function forgetKey() {
@@ -206,6 +275,10 @@
     state.cards.clear();
     $("load-more").hidden = true;
     $("tasks-status").textContent = "";
+    $("account").hidden = true;
+    $("account-balance").textContent = "";
+    $("account-limits").textContent = "";
+    $("account-status").textContent = "";
     clearErrors();
     $("api-key-help").textContent = "Key removed from this browser.";
     $("api-key").focus();
@@ -447,6 +520,7 @@
       if (session !== state.session) return;
       const taskId = payload.data[0].task_id;
       $("submit-status").textContent = `Submitted ${taskId}.`;
+      loadAccount(); // its reservation; again once the task has finished (below)
       const panel = $("task-panel").getBoundingClientRect();
       if (panel.top > window.innerHeight || panel.bottom < 0) {
         $("task-panel").scrollIntoView({ block: "start" }); // on a narrow screen it is below the form
@@ -457,6 +531,7 @@
       showError(error);
     } finally {
       button.disabled = state.models.size === 0;
+      loadAccount();
     }
   }
 
@@ -704,6 +779,7 @@
       $("task-error").hidden = false;
     } finally {
       button.disabled = false;
+      loadAccount();
     }
   }
 

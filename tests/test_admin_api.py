@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+from jsonschema import Draft202012Validator
 
 from reelserve.cli.keys import mint_key_with_webhook_secret
 from tests.support import LiveServer, submit, wait_task
@@ -262,3 +263,72 @@ def test_limits_set_over_http_are_what_the_cli_shows_and_back(
     ]:
         refused = _cli(server, *args)
         assert refused.returncode == 2 and words in refused.stderr, (args, refused.stderr)
+
+
+def _answer_schema(server: LiveServer, method: str, path: str) -> Draft202012Validator:
+    """A validator of the 200 answer of `method path`, as the OpenAPI document describes it."""
+    document = httpx.get(f"{server.url}/openapi.json").json()
+    answer = document["paths"][path][method]["responses"]["200"]["content"]["application/json"]
+    schema = {**answer["schema"], "components": document["components"]}
+    return Draft202012Validator(schema)
+
+
+@pytest.mark.slow
+def test_the_admin_api_and_keys_show_agree_on_the_ledger(
+    server: LiveServer, admin: httpx.Client
+) -> None:
+    """A test key's completed task, charged at the model's list price: the admin key listing,
+    the admin usage's balances, the key's own GET /v1/usage and `reelserve keys show` give the
+    same reserved, spent and left; and the admin answers are what the document says."""
+    made = _ok(admin.post("/v1/admin/keys", json={"mode": "test", "name": "agree", "budget": 10}))
+    assert made["balance"] == {
+        "budget": 10.0,
+        "reserved": 0.0,
+        "spent": 0.0,
+        "left": 10.0,
+        "currency": "USD",
+    }
+    body = {"model": "veo3.1-fast-official", "prompt": "a charged task", "duration": 4}
+    with server.client(made["secret"]) as tenant:
+        estimate = _ok(tenant.post("/v1/videos/estimates", json=body))["estimated_cost"]
+        assert estimate > 0  # a test key pays the model's list price
+        task = submit(tenant, body)
+        assert wait_task(tenant, task)["status"] == "completed"
+        own = _ok(tenant.get("/v1/usage"))["balance"]
+    assert own == {
+        "budget": 10.0,
+        "reserved": 0.0,
+        "spent": estimate,
+        "left": round(10 - estimate, 6),
+        "currency": "USD",
+    }
+
+    listed = admin.get("/v1/admin/keys")
+    _answer_schema(server, "get", "/v1/admin/keys").validate(listed.json())
+    (row,) = [k for k in _ok(listed) if k["id"] == made["id"]]
+    assert row["balance"] == own
+
+    usage = admin.get("/v1/admin/usage")
+    _answer_schema(server, "get", "/v1/admin/usage").validate(usage.json())
+    (balance,) = [b for b in _ok(usage)["keys"] if b["api_key_id"] == made["id"]]
+    assert balance == {"api_key_id": made["id"], **own}
+    admin_ids = {k["id"] for k in _ok(listed) if k["admin"]}
+    assert admin_ids and not admin_ids & {b["api_key_id"] for b in _ok(usage)["keys"]}
+
+    shown = _cli(server, "show", made["id"])
+    assert shown.returncode == 0, shown.stderr
+    fields = _shown(shown.stdout)
+    assert (fields["spent"], fields["reserved"], fields["left"]) == (
+        f"{own['spent']:g}",
+        f"{own['reserved']:g}",
+        f"{own['left']:g}",
+    )
+
+    patched = admin.patch(f"/v1/admin/keys/{made['id']}", json={"budget": 20})
+    _answer_schema(server, "patch", "/v1/admin/keys/{key_id}").validate(patched.json())
+    assert _ok(patched)["balance"]["left"] == round(20 - estimate, 6)
+    revoked = admin.delete(f"/v1/admin/keys/{made['id']}")
+    _answer_schema(server, "delete", "/v1/admin/keys/{key_id}").validate(revoked.json())
+    assert _ok(revoked)["balance"]["spent"] == estimate
+    created = admin.post("/v1/admin/keys", json={"mode": "live", "rate_per_minute": 3})
+    _answer_schema(server, "post", "/v1/admin/keys").validate(created.json())

@@ -1,8 +1,10 @@
 """What an operator does with keys and usage, over HTTP (`/v1/admin/*`) or the CLI.
 
 The admin API's operations take the caller's key and refuse any but an admin key (403); the CLI,
-run on the host, calls the same operations without one (`create`, `update`, `account`). Every
-body is checked here, each refusal a 400 naming its member. A change is seen at once by this
+run on the host, calls the same operations without one (`create`, `update`). Every body is
+checked here, each refusal a 400 naming its member. A key's balance (budget, reserved, spent,
+left) is read from the ledger, as `reelserve keys show` and the key's own `GET /v1/usage` read
+it, so every view of it agrees. A change is seen at once by this
 process (its authentication cache forgets the key) and by other processes within
 `core.access.AUTH_CACHE_SECONDS`.
 """
@@ -14,19 +16,20 @@ from typing import Any
 
 from reelserve.core.access import Access
 from reelserve.core.limits import require_admin
-from reelserve.core.usage import check_range
+from reelserve.core.usage import balance_json, check_range
 from reelserve.domain.errors import InvalidRequest, NotFound, clip, describe
 from reelserve.domain.limits import LIMIT_FIELDS, KeyLimits, parse_limit_changes
 from reelserve.store.keys import ApiKey, KeyMode
-from reelserve.store.usage import UsageStore
+from reelserve.store.ledger import Balance, LedgerStore
 from reelserve.store.usage_days import DailyUsage, DayUsage
 
 MAX_NAME = 200
 CREATE_FIELDS = ("mode", "name", "admin", *LIMIT_FIELDS)
 
 
-def key_json(key: ApiKey) -> dict[str, Any]:
-    """A key as the admin API shows it: never a secret, only the shown prefix."""
+def key_json(key: ApiKey, balance: Balance) -> dict[str, Any]:
+    """A key as the admin API shows it, with its balance on the ledger: never a secret, only
+    the shown prefix."""
     return {
         "id": key.id,
         "object": "api_key",
@@ -37,6 +40,7 @@ def key_json(key: ApiKey) -> dict[str, Any]:
         "created": int(key.created_at),
         "revoked": int(key.revoked_at) if key.revoked_at is not None else None,
         **key.limits.as_json(),
+        "balance": balance_json(balance),
     }
 
 
@@ -56,15 +60,17 @@ class Admin:
     def __init__(
         self,
         access: Access,
-        usage: UsageStore,
         days: DailyUsage,
+        ledger: LedgerStore,
         models: Collection[str],
+        currency: str = "USD",
     ) -> None:
         self.access = access
         self.keys = access.keys
-        self.usage = usage
         self.days = days
+        self.ledger = ledger
         self.models = models
+        self.currency = currency  # the price currency budgets are in
 
     # -- the operations, for the CLI and the routes ---------------------------------------------
 
@@ -111,12 +117,12 @@ class Admin:
         self.access.forget(key.id)
         return revoked
 
-    async def account(self, key: ApiKey) -> dict[str, float]:
-        """What the key's completed tasks cost, per currency (`usage.cost`)."""
-        spent: dict[str, float] = {}
-        for row in await self.usage.totals(key.id):
-            spent[row.currency] = round(spent.get(row.currency, 0.0) + row.cost, 6)
-        return spent
+    async def balance(self, key: ApiKey) -> Balance:
+        """The key's balance on the ledger (what `reelserve keys show` prints)."""
+        return await self.ledger.balance(key.id, self.currency)
+
+    async def _json(self, key: ApiKey) -> dict[str, Any]:
+        return key_json(key, await self.balance(key))
 
     async def _gone(self, ident: str) -> NotFound:
         return NotFound(f'no key "{clip(ident)}" found (by id or shown prefix)', param="key_id")
@@ -125,7 +131,9 @@ class Admin:
 
     async def list_keys(self, caller: ApiKey) -> list[dict[str, Any]]:
         require_admin(caller)
-        return [key_json(k) for k in await self.keys.list_keys()]
+        keys = await self.keys.list_keys()
+        balances = await self.ledger.balances(self.currency)
+        return [key_json(k, balances.get(k.id) or _empty(k, self.currency)) for k in keys]
 
     async def create_key(self, caller: ApiKey, body: object) -> dict[str, Any]:
         require_admin(caller)
@@ -149,24 +157,42 @@ class Admin:
                 param="name",
             )
         key, secret, webhook_secret = await self.create(mode, name, fields, admin=admin)
-        return {**key_json(key), "secret": secret, "webhook_secret": webhook_secret}
+        return {**await self._json(key), "secret": secret, "webhook_secret": webhook_secret}
 
     async def update_key(self, caller: ApiKey, key_id: str, body: object) -> dict[str, Any]:
         require_admin(caller)
-        return key_json(await self.update(key_id, _object(body, LIMIT_FIELDS)))
+        return await self._json(await self.update(key_id, _object(body, LIMIT_FIELDS)))
 
     async def revoke_key(self, caller: ApiKey, key_id: str) -> dict[str, Any]:
         require_admin(caller)
-        return key_json(await self.revoke(key_id))
+        return await self._json(await self.revoke(key_id))
 
     async def usage_report(
         self, caller: ApiKey, *, since: float | None = None, until: float | None = None
     ) -> dict[str, Any]:
-        """Every key's usage by UTC day and model, recorded in [since, until)."""
+        """Every key's usage by UTC day and model, recorded in [since, until); and every
+        tenant key's balance on the ledger now, over all time."""
         require_admin(caller)
         check_range(since, until)
         rows = await self.days.by_day(since=since, until=until)
-        return {"object": "admin.usage", "since": since, "until": until, **_days_json(rows)}
+        keys = await self.keys.list_keys()
+        balances = await self.ledger.balances(self.currency)
+        return {
+            "object": "admin.usage",
+            "since": since,
+            "until": until,
+            **_days_json(rows),
+            "keys": [
+                {"api_key_id": k.id, **balance_json(balances.get(k.id) or _empty(k, self.currency))}
+                for k in keys
+                if not k.admin
+            ],
+        }
+
+
+def _empty(key: ApiKey, currency: str) -> Balance:
+    """The balance of a key the ledger read did not see (made since): nothing held or spent."""
+    return Balance(key.limits.budget, 0.0, 0.0, currency)
 
 
 def _days_json(rows: list[DayUsage]) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from reelserve.storage.factory import open_storage
 from reelserve.storage.signing import Signer
 from reelserve.store.db import create_engine, upgrade
 from reelserve.store.keys import KeyStore
+from reelserve.store.ledger import LedgerStore
 from reelserve.store.limits import LimitReads
 from reelserve.store.queue import TaskQueue
 from reelserve.store.usage import UsageStore
@@ -58,7 +59,11 @@ class Reelserve:
     def __post_init__(self) -> None:
         self.access = Access(self.keys, self.webhooks)
         self.admin = Admin(
-            self.access, self.usage, DailyUsage(self.queue.engine), tuple(self.models)
+            self.access,
+            DailyUsage(self.queue.engine),
+            LedgerStore(self.queue.engine),
+            tuple(self.models),
+            self.settings.google.currency,
         )
         self.admission = Admission(
             self.settings, self.models, self.providers, self.capabilities, self.webhooks

@@ -16,6 +16,7 @@ from reelserve.api.auth import Key, Service
 from reelserve.api.envelope import ok
 from reelserve.api.errors import ERROR_DESCRIPTIONS, ErrorEnvelope
 from reelserve.api.inputs import parse_json_body
+from reelserve.api.routes.schemas import Balance, UsageTotal
 from reelserve.api.routes.usage import UNIX_SECONDS, seconds
 from reelserve.core.admin import MAX_NAME
 from reelserve.domain.limits import MAX_BUDGET, MAX_COUNT, MAX_MODELS
@@ -48,6 +49,10 @@ class AdminKey(BaseModel):
     rate_per_minute: int | None = Field(description="submits in any 60 s; null: no limit")
     budget: float | None = Field(description="in the price currency; null: unlimited")
     models: list[str] | None = Field(description="the model ids it may use; null: all")
+    balance: Balance = Field(
+        description="on the ledger, now: what `reelserve keys show` and the key's own "
+        "`GET /v1/usage` show"
+    )
 
 
 class CreatedKey(AdminKey):
@@ -81,23 +86,24 @@ class DayUsage(BaseModel):
     currency: str
 
 
-class UsageTotal(BaseModel):
-    currency: str
-    tasks: int
-    videos: int
-    video_seconds: float
-    cost: float
+class KeyBalance(Balance):
+    """A tenant key's balance on the ledger."""
+
+    api_key_id: str
 
 
 class AdminUsage(BaseModel):
     object: Literal["admin.usage"]
     since: float | None
     until: float | None
-    days: list[DayUsage]
+    days: list[DayUsage] = Field(description="completed tasks by UTC day, key and model")
     totals: list[UsageTotal]
+    keys: list[KeyBalance] = Field(
+        description="every key but the admin keys, its balance on the ledger now (all time)"
+    )
 
 
-class UsageAnswer(BaseModel):
+class AdminUsageAnswer(BaseModel):
     code: Literal[200]
     data: AdminUsage
 
@@ -193,7 +199,7 @@ async def revoke_key(key_id: str, key: Key, service: Service) -> Response:
 @router.get(
     "/v1/admin/usage",
     summary="Every key's usage by UTC day and model (admin)",
-    responses={200: {"model": UsageAnswer, "description": "The usage"}, **_responses()},
+    responses={200: {"model": AdminUsageAnswer, "description": "The usage"}, **_responses()},
 )
 async def admin_usage(
     key: Key,

@@ -272,6 +272,11 @@ def run_one(label: str, src: Path, args: argparse.Namespace, fake: SpreadFake) -
             commits = (_commits(db, args.database) - commits_start) / elapsed
             lags = _lags(db, fake, ids)
             failed = _count(db, "failed")
+            for code, message, count in db.rows(
+                "SELECT error_code, substr(error_message, 1, 160), count(*) FROM tasks "
+                "WHERE status = 'failed' GROUP BY 1, 2"
+            ):
+                print(f"  {label}: {count} failed with {code}: {message}", flush=True)
         finally:
             server.terminate()
             with contextlib.suppress(subprocess.TimeoutExpired):

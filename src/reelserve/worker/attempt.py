@@ -58,11 +58,10 @@ class Attempts:
 
     async def run(self, task: TaskRecord, token: str) -> None:
         queue = self.parts.queue
-        workdir = await asyncio.to_thread(self._fresh_workdir, task.id)
         checkpoint = dict(task.checkpoint or {})
         ctx = TaskContext(
             task_id=task.id,
-            workdir=workdir,
+            workdir=Path(),  # set below, once the attempt's lease is renewed with the others
             resume_state=checkpoint.get("provider"),
             images=InputImages(),
             token=token,
@@ -71,6 +70,8 @@ class Attempts:
             sent_progress=task.progress,
             _timers=self.timers,
         )
+        # Tracked before anything is awaited, so that the next renewal keeps its lease even
+        # when a burst of claims waits for threads (thousands claimed at once).
         self.contexts[token] = ctx
         if task.cancel_requested:
             ctx.stop("cancel")
@@ -110,13 +111,15 @@ class Attempts:
             self.parts.metrics.task_attempt_finished(
                 task.model, outcome, time.monotonic() - claimed_at
             )
-            await asyncio.to_thread(self._remove_workdir, workdir)
+            if ctx.workdir.parts:  # made (the first step of `_run`)
+                await asyncio.to_thread(self._remove_workdir, ctx.workdir)
             log.info("task %s %s (attempt %d)", task.id, outcome, task.attempts)
             self._on_finished()
 
     async def _run(self, task: TaskRecord, ctx: TaskContext) -> str:
         """The attempt's work, up to `complete`: "completed", or "lost" where the lease was
         lost meanwhile; a stop or a failure is raised."""
+        ctx.workdir = await asyncio.to_thread(self._fresh_workdir, task.id)
         provider = self.parts.providers.get(task.provider)
         if provider is None:
             raise ProviderError(

@@ -155,7 +155,12 @@ def run_one(label: str, src: Path, args: argparse.Namespace, fake: SpreadFake) -
         project, location = PROJECT
         env = {
             **os.environ,
-            "PYTHONPATH": str(src),
+            "PYTHONPATH": os.pathsep.join(
+                [
+                    str(src),
+                    *([args.baseline_path] if label == "baseline" and args.baseline_path else []),
+                ]
+            ),
             "REELSERVE_DATA_DIR": str(data_dir),
             "REELSERVE_DATABASE_URL": async_url,
             "REELSERVE_SECRET_KEY": "bench",
@@ -181,11 +186,12 @@ def run_one(label: str, src: Path, args: argparse.Namespace, fake: SpreadFake) -
         minted = subprocess.run(
             [*py, "keys", "create", "--live"],
             env=env,
-            check=True,
             capture_output=True,
             text=True,
             timeout=60,
         )
+        if minted.returncode != 0:
+            raise RuntimeError(f"{label}: keys create failed: {minted.stderr[-2000:]}")
         key = minted.stdout.split()[-1]
         server = subprocess.Popen(
             [*py, "serve", "--port", str(port), "--no-quickstart-key", "--log-level", "warning"],
@@ -352,6 +358,11 @@ def main() -> None:
     )
     parser.add_argument("--database", choices=["sqlite", "postgresql"], default="sqlite")
     parser.add_argument("--baseline-src", type=Path, help="another checkout's src/ to compare")
+    parser.add_argument(
+        "--baseline-path",
+        help="more import paths for the baseline (e.g. a `pip install --target` of the "
+        "packages an older release needed, such as google-genai 2.x)",
+    )
     parser.add_argument("--timeout", type=float, default=1800)
     args = parser.parse_args()
     runs: list[tuple[str, Path]] = [("reelserve", ROOT / "src")]

@@ -17,6 +17,7 @@ from typing import Any
 from reelserve.core.access import Access
 from reelserve.core.limits import require_admin
 from reelserve.core.usage import balance_json, check_range
+from reelserve.core.views import currency_totals
 from reelserve.domain.errors import InvalidRequest, NotFound, clip, describe
 from reelserve.domain.limits import LIMIT_FIELDS, KeyLimits, parse_limit_changes
 from reelserve.store.keys import ApiKey, KeyMode
@@ -196,16 +197,6 @@ def _empty(key: ApiKey, currency: str) -> Balance:
 
 
 def _days_json(rows: list[DayUsage]) -> dict[str, Any]:
-    totals: dict[str, dict[str, Any]] = {}
-    for row in rows:
-        total = totals.setdefault(
-            row.currency,
-            {"currency": row.currency, "tasks": 0, "videos": 0, "video_seconds": 0.0, "cost": 0.0},
-        )
-        total["tasks"] += row.tasks
-        total["videos"] += row.videos
-        total["video_seconds"] = round(total["video_seconds"] + row.video_seconds, 3)
-        total["cost"] = round(total["cost"] + row.cost, 6)
     return {
         "days": [
             {
@@ -220,5 +211,5 @@ def _days_json(rows: list[DayUsage]) -> dict[str, Any]:
             }
             for r in rows
         ],
-        "totals": list(totals.values()),
+        "totals": currency_totals(rows),
     }

@@ -10,8 +10,8 @@ links). API answers, event streams and webhook bodies all render through here.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Protocol
 
 from reelserve.domain.result import TaskResult, TaskView
 from reelserve.domain.task import ErrorCode, TaskStatus
@@ -105,16 +105,6 @@ def usage_json(
 ) -> dict[str, Any]:
     """`GET /v1/usage`'s `data`: the rows per model (and currency), and their totals per
     currency."""
-    totals: dict[str, dict[str, Any]] = {}
-    for row in rows:
-        total = totals.setdefault(
-            row.currency,
-            {"currency": row.currency, "tasks": 0, "videos": 0, "video_seconds": 0.0, "cost": 0.0},
-        )
-        total["tasks"] += row.tasks
-        total["videos"] += row.videos
-        total["video_seconds"] = round(total["video_seconds"] + row.video_seconds, 3)
-        total["cost"] = round(total["cost"] + row.cost, 6)
     return {
         "object": "usage",
         "since": since,
@@ -130,8 +120,38 @@ def usage_json(
             }
             for row in rows
         ],
-        "totals": list(totals.values()),
+        "totals": currency_totals(rows),
     }
+
+
+class UsageRow(Protocol):
+    """What a usage row of any grouping (per model, per day) has to be totalled."""
+
+    @property
+    def currency(self) -> str: ...
+    @property
+    def tasks(self) -> int: ...
+    @property
+    def videos(self) -> int: ...
+    @property
+    def video_seconds(self) -> float: ...
+    @property
+    def cost(self) -> float: ...
+
+
+def currency_totals(rows: Iterable[UsageRow]) -> list[dict[str, Any]]:
+    """The rows' tasks, videos, seconds of video and cost summed per currency."""
+    totals: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        total = totals.setdefault(
+            row.currency,
+            {"currency": row.currency, "tasks": 0, "videos": 0, "video_seconds": 0.0, "cost": 0.0},
+        )
+        total["tasks"] += row.tasks
+        total["videos"] += row.videos
+        total["video_seconds"] = round(total["video_seconds"] + row.video_seconds, 3)
+        total["cost"] = round(total["cost"] + row.cost, 6)
+    return list(totals.values())
 
 
 def delivery_json(delivery: Delivery, attempts: Sequence[Attempt]) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from reelserve.api.auth import Key, Service
 from reelserve.api.envelope import ok
 from reelserve.api.errors import error_responses
 from reelserve.api.inputs import parse_json_body
-from reelserve.api.routes.schemas import EstimateAnswer
+from reelserve.api.routes.schemas import EstimateAnswer, generation_body
 
 router = APIRouter(tags=["generations"])
 
@@ -21,22 +21,14 @@ router = APIRouter(tags=["generations"])
         200: {"model": EstimateAnswer, "description": "The estimate and the key's balance"},
         **error_responses(401, 403, 413),
     },
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/json": {
-                    "schema": {"$ref": "#/components/schemas/GenerationRequest"},
-                    "example": {
-                        "model": "veo3.1-fast-official",
-                        "prompt": "a golden retriever running on the beach, sunset, cinematic",
-                        "duration": 8,
-                        "resolution": "1080p",
-                    },
-                }
-            },
+    openapi_extra=generation_body(
+        {
+            "model": "veo3.1-fast-official",
+            "prompt": "a golden retriever running on the beach, sunset, cinematic",
+            "duration": 8,
+            "resolution": "1080p",
         }
-    },
+    ),
 )
 async def estimate_generation(request: Request, key: Key, service: Service) -> Response:
     body = parse_json_body(await request.body())

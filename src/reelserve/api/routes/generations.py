@@ -8,6 +8,7 @@ from reelserve.api.auth import Key, Service
 from reelserve.api.envelope import ok
 from reelserve.api.errors import IDEMPOTENCY_KEY_SCHEMA, error_responses
 from reelserve.api.inputs import parse_json_body
+from reelserve.api.routes.schemas import generation_body
 
 router = APIRouter(tags=["generations"])
 
@@ -16,22 +17,14 @@ router = APIRouter(tags=["generations"])
     "/v1/videos/generations",
     summary="Submit a video generation task",
     responses=error_responses(401, 402, 403, 409, 413, 429),
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/json": {
-                    "schema": {"$ref": "#/components/schemas/GenerationRequest"},
-                    "example": {
-                        "model": "veo3.1-fast-official",
-                        "prompt": "a golden retriever running on the beach, sunset, cinematic",
-                        "duration": 8,
-                        "aspect_ratio": "16:9",
-                    },
-                }
-            },
+    openapi_extra=generation_body(
+        {
+            "model": "veo3.1-fast-official",
+            "prompt": "a golden retriever running on the beach, sunset, cinematic",
+            "duration": 8,
+            "aspect_ratio": "16:9",
         }
-    },
+    ),
 )
 async def submit_generation(
     request: Request,

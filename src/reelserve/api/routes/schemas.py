@@ -7,7 +7,7 @@ A member the view writes only in some states is optional here and says when it i
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -170,3 +170,19 @@ class Usage(BaseModel):
 class UsageAnswer(BaseModel):
     code: Literal[200]
     data: Usage
+
+
+def generation_body(example: dict[str, Any]) -> dict[str, Any]:
+    """The `openapi_extra` of a route whose JSON body is a `GenerationRequest` (the submit, the
+    estimate), with its example."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {"$ref": "#/components/schemas/GenerationRequest"},
+                    "example": example,
+                }
+            },
+        }
+    }

@@ -684,6 +684,37 @@ def test_operation_that_never_finishes_times_out(gemini_fake: FakeGoogle, tmp_pa
     assert len(gemini_fake.submits()) == 1 and only_operation(gemini_fake).polls >= 2
 
 
+def test_a_task_waiting_for_a_slot_times_out_at_its_deadline(
+    gemini_fake: FakeGoogle, tmp_path: Path
+) -> None:
+    """Both keys' one slot each are held by submits Google has not answered yet: the third task
+    waits in line for a slot and fails with `timeout` at its deadline, never sent to Google
+    (its wait ends there, rather than coming back at once, again and again, until a slot
+    frees and the late task is sent and paid for)."""
+    gemini_fake.reset()
+    gemini_fake.finish = False
+    gemini_fake.hold_submits.set()
+    settings = make_settings(tmp_path / "data", google=gemini_settings(gemini_fake, deadline=2))
+    live = LiveServer(settings).start()
+    try:
+        with live.client(live.mint("live")) as c:
+            ids = [
+                submit(c, {"model": FAST, "prompt": f"forever {i}", "duration": 4})
+                for i in range(3)
+            ]
+            waiting = wait_task(c, ids[2], timeout=30)
+            assert waiting["status"] == "failed", waiting
+            assert waiting["error"]["code"] == "timeout"
+            assert len(gemini_fake.submits()) == 2  # the third never got a slot
+            gemini_fake.hold_submits.clear()
+            finals = [wait_task(c, task_id, timeout=30) for task_id in ids[:2]]
+    finally:
+        gemini_fake.hold_submits.clear()
+        live.stop()
+    assert [f["error"]["code"] for f in finals] == ["timeout", "timeout"], finals
+    assert len(gemini_fake.submits()) == 2
+
+
 # -- a worker killed mid-task ---------------------------------------------------------------
 
 

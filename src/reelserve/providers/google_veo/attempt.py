@@ -131,6 +131,12 @@ class Attempt:
         left = max(0.0, self.deadline_at - time.time())
         await self.ctx.sleep(min(max(0.0, seconds), left), until)
 
+    async def wait_in_time(self, seconds: float, until: asyncio.Future[Any] | None = None) -> None:
+        """`sleep`, then `check`: a wait (for a slot, a turn) that ends with a `timeout` error
+        once the task's deadline has passed, instead of coming back at once, again and again."""
+        await self.sleep(seconds, until)
+        self.check()
+
 
 @dataclass
 class Done:

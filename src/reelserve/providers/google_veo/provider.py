@@ -196,7 +196,8 @@ class GoogleVeoProvider(ProviderBase):
                         f"{op.get('credential')}, which is no longer configured on this "
                         "server; it cannot be polled",
                     )
-                await self.pool.acquire_pinned(cred, run.sleep)
+                run.check()
+                await self.pool.acquire_pinned(cred, run.wait_in_time)
                 log.info("task %s: resuming operation %s", run.ctx.task_id, op["operation"])
             elif op.get("phase") == "submitting":
                 raise ProviderError(

@@ -45,8 +45,10 @@ def usable(spec: GenerationSpec, samples: int) -> Callable[[Credential], bool]:
 
 
 async def acquire(run: Attempt, samples: int, exclude: set[str] | None = None) -> Credential:
-    """A slot on a credential that serves the spec and gives `samples` per request."""
-    cred = await run.pool.acquire(usable(run.spec, samples), exclude or set(), run.sleep)
+    """A slot on a credential that serves the spec and gives `samples` per request (none once
+    the task is cancelled or past its deadline)."""
+    run.check()
+    cred = await run.pool.acquire(usable(run.spec, samples), exclude or set(), run.wait_in_time)
     if cred is None:
         refused = rules.refusal(run.spec, run.pool.profiles())
         why = refused[1] if refused else "no configured credential serves it"
@@ -84,8 +86,7 @@ async def submit(run: Attempt, op: dict[str, Any], first: Credential | None) -> 
         model = upstream_model(run.entry, cred.backend)
         try:
             if cred.submit_rate is not None:
-                await cred.submit_rate.take(run.sleep)
-                run.check()
+                await cred.submit_rate.take(run.wait_in_time)
             body = request_body(
                 spec,
                 cred.profile,

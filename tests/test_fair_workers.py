@@ -206,4 +206,8 @@ def test_one_task_after_a_burst_starts_within_one_run(api: LiveServer) -> None:
         # The position it was told: the heavy key was served already, so none go before it.
         assert view["status"] != "pending" or view["queue_position"] == 0, view
         still = hc.get(f"/v1/tasks/{burst[-1]}").json()["data"]
-        assert still["status"] == "pending" and still["queue_position"] >= 150, still
+        # The rest of the burst still waits, counted from the runs that have started (counted
+        # after the read, so never fewer than at it): how many ran depends on the submits' speed.
+        ran = sum(1 for t in burst if provider.started(t) is not None)
+        assert still["status"] == "pending", still
+        assert still["queue_position"] >= len(burst) - 1 - ran - slots, (still, ran)

@@ -40,6 +40,7 @@ class FakeContext:
         self.workdir = workdir
         self.resume_state: dict[str, Any] | None = None
         self.images = images or InputImages()
+        self.can_fail_over = False
         self.progress: list[float] = []
         self.threads: list[str] = []  # the thread of each progress report
         self.checkpoints: list[dict[str, Any]] = []

@@ -466,6 +466,7 @@ class TinyContext:
         self.workdir = workdir
         self.resume_state: dict[str, Any] | None = None
         self.images = images if images is not None else InputImages()
+        self.can_fail_over = False
         self.progress: list[float] = []
         self.cancel_requested = False
 

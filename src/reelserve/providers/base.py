@@ -72,13 +72,27 @@ class Usage:
 
 
 class ProviderError(Exception):
-    """A failure with a stable error code. `retryable` failures are tried again by the worker."""
+    """A failure with a stable error code. `retryable` failures are tried again by the worker.
 
-    def __init__(self, code: ErrorCode | str, message: str, *, retryable: bool = False) -> None:
+    `failover`: nothing was created or paid upstream for this task (a quota answered 429 at
+    submit, the upstream is down, or it refused the request as one it cannot serve), so the
+    model's next route may serve it (docs/routing.md). A provider sets it only where
+    `ctx.can_fail_over` is true and no upstream operation of the task exists; elsewhere the
+    task fails with this error as any other."""
+
+    def __init__(
+        self,
+        code: ErrorCode | str,
+        message: str,
+        *,
+        retryable: bool = False,
+        failover: bool = False,
+    ) -> None:
         super().__init__(message)
         self.code = str(code)
         self.message = message
         self.retryable = retryable
+        self.failover = failover
 
 
 class RunContext(Protocol):
@@ -88,6 +102,10 @@ class RunContext(Protocol):
     workdir: Path
     resume_state: dict[str, Any] | None
     images: InputImages
+    # The model has a route after this task's (docs/routing.md): a failure before anything was
+    # created upstream may raise `ProviderError(..., failover=True)` instead of waiting (a
+    # quota) or failing, and the task moves on to that route.
+    can_fail_over: bool
 
     def report_progress(self, fraction: float) -> None:
         """Progress in [0, 1]. Thread-safe and cheap: the worker persists it in batches."""

@@ -41,6 +41,7 @@ class TaskContext:
     token: str  # this attempt's lease token: every write names it
     _queue: TaskQueue
     _checkpoint: dict[str, Any]
+    can_fail_over: bool = False  # the task's model has a route after this one
     _fraction: float = 0.0
     _stop: str | None = None  # "cancel" | "shutdown" | "lost"
     sent_progress: int = -1  # the progress last written to the store

@@ -39,18 +39,21 @@ FormPart = tuple[str, tuple[str | None, bytes | str] | tuple[str | None, bytes |
 def form_parts(
     spec: GenerationSpec,
     model: str,
+    size: tuple[int, int],
     first: tuple[bytes, str] | None,
     *,
     audio_field: str | None,
     extra: dict[str, Any],
 ) -> list[FormPart]:
-    """The multipart form of a create for `spec` (every part a form field but the image)."""
+    """The multipart form of a create for `spec` at `size` (width, height: what the model
+    entry renders the request's resolution and aspect ratio at; every part a form field but
+    the image)."""
     fields: dict[str, str] = {name: _form_text(value) for name, value in extra.items()}
     fields.update(
         model=model,
         prompt=spec.prompt,
         seconds=str(spec.duration),
-        size=f"{spec.width}x{spec.height}",
+        size="{}x{}".format(*size),
     )
     if spec.seed_given:
         fields["seed"] = str(spec.seed)
@@ -137,6 +140,7 @@ class OpenAIRelay(RelayProvider):
         parts = form_parts(
             run.spec,
             self.options.model,
+            self.entry.render_size(run.spec.resolution, run.spec.aspect_ratio),
             run.ctx.images.first_bytes,
             audio_field=self.options.audio_field,
             extra=dict(self.options.extra_fields),

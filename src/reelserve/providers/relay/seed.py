@@ -54,10 +54,10 @@ def seed_body(
     if spec.person_generation_given:
         body["person_generation"] = spec.person_generation
     if spec.mode != "t2v":
-        for name, image in (
-            ("first_frame_image", images.first_bytes),
-            ("last_frame_image", images.last_bytes if spec.mode == "flf2v" else None),
-        ):
+        wanted = [("first_frame_image", images.first_bytes)]
+        if spec.mode == "flf2v":
+            wanted.append(("last_frame_image", images.last_bytes))
+        for name, image in wanted:
             if image is None:
                 raise ProviderError(
                     ErrorCode.INVALID_IMAGE, f"{name}: the image was not fetched for this task"

@@ -35,6 +35,7 @@ def test_sandbox_usage_is_recorded_per_key_at_no_cost(server: LiveServer) -> Non
             "until": None,
             "models": [],
             "totals": [],
+            "routes": [],
             "test": True,
             "balance": {
                 "budget": None,
@@ -71,6 +72,9 @@ def test_sandbox_usage_is_recorded_per_key_at_no_cost(server: LiveServer) -> Non
         }
         assert by_model["veo3.1-fast-official"]["video_seconds"] == 4.0
         assert by_model["veo3.1-fast-official"]["cost"] == 0.0
+        # A test key's tasks all ran on the sandbox route, whatever their model.
+        by_route = {(r["model"], r["route"]): r["tasks"] for r in data["routes"]}
+        assert by_route == {("sandbox", "sandbox"): 2, ("veo3.1-fast-official", "sandbox"): 1}
         assert data["totals"] == [
             {"currency": "USD", "tasks": 3, "videos": 4, "video_seconds": 9.0, "cost": 0.0}
         ]

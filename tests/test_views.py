@@ -26,6 +26,7 @@ def _task(status: TaskStatus, **values: object) -> TaskView:
         "id": "task_01JD0Z5R8Q4N7X2M3K6V9B1C2D",
         "api_key_id": "key_1",
         "model": "sandbox",
+        "provider": "sandbox",
         "status": status,
         "progress": 100 if status.finished else 0,
         "estimated_time": 10,

@@ -64,6 +64,40 @@ class Metrics:
             ["provider", "code"],
             registry=self.registry,
         )
+        # Routes (docs/routing.md): a route is one way of serving a model; tasks carry its name.
+        self.route_tasks = Gauge(
+            "reelserve_route_tasks",
+            "Tasks in the store by model, route and status",
+            ["model", "route", "status"],
+            registry=self.registry,
+        )
+        self.route_attempts = Counter(
+            "reelserve_route_attempts",
+            "Attempts at tasks this process ran, by model, route and outcome (completed, "
+            "failed, failed over, cancelled, released, lost)",
+            ["model", "route", "outcome"],
+            registry=self.registry,
+        )
+        self.route_errors = Counter(
+            "reelserve_route_errors",
+            "Tasks this process failed, by model, route and error code",
+            ["model", "route", "code"],
+            registry=self.registry,
+        )
+        self.route_failovers = Counter(
+            "reelserve_route_failovers",
+            "Tasks moved to the next route after a failure before anything was paid, by "
+            "model and the routes they left and joined",
+            ["model", "from_route", "to_route"],
+            registry=self.registry,
+        )
+        self.route_spills = Counter(
+            "reelserve_route_spills",
+            "Tasks taken from a route's queue by the next route's workers after its max_wait "
+            "(overflow), by model and the routes they left and joined",
+            ["model", "from_route", "to_route"],
+            registry=self.registry,
+        )
         self.event_streams = Gauge(
             "reelserve_event_streams",
             "Open task event streams (GET /v1/tasks/{id}/events) in this process",
@@ -90,6 +124,7 @@ class Metrics:
         models: Iterable[str] = (),
         *,
         now: float | None = None,
+        routes: Mapping[tuple[str, str, str], int] | None = None,
     ) -> None:
         """Replace the task gauges with a fresh read of the store: `counts` by (model, status),
         the oldest pending task's `created_at` by model. Configured `models` show zeros."""
@@ -104,6 +139,9 @@ class Metrics:
             self.queue_depth.labels(model=model).set(counts.get((model, "pending"), 0))
             oldest = oldest_pending.get(model)
             self.queue_oldest.labels(model=model).set(max(0.0, now - oldest) if oldest else 0.0)
+        self.route_tasks.clear()
+        for (model, route, status), count in (routes or {}).items():
+            self.route_tasks.labels(model=model, route=route, status=status).set(count)
 
     def task_claimed(self, model: str, queued_seconds: float) -> None:
         """A worker claimed a task for the first time, `queued_seconds` after its submit."""
@@ -112,6 +150,18 @@ class Metrics:
     def task_attempt_finished(self, model: str, outcome: str, seconds: float) -> None:
         """One attempt at a task ended (claim to finish) with `outcome`."""
         self.run_time.labels(model=model, outcome=outcome).observe(max(0.0, seconds))
+
+    def route_attempt(self, model: str, route: str, outcome: str, code: str | None) -> None:
+        """One attempt on a route ended with `outcome`; a failed one with error `code`."""
+        self.route_attempts.labels(model=model, route=route, outcome=outcome).inc()
+        if code is not None:
+            self.route_errors.labels(model=model, route=route, code=code[:64]).inc()
+
+    def route_failover(self, model: str, source: str, target: str) -> None:
+        self.route_failovers.labels(model=model, from_route=source, to_route=target).inc()
+
+    def route_spill(self, model: str, source: str, target: str) -> None:
+        self.route_spills.labels(model=model, from_route=source, to_route=target).inc()
 
     def upstream_error(self, provider: str, code: str | int) -> None:
         """An upstream service answered an error: `code` is its HTTP status or a short, stable

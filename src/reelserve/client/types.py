@@ -111,12 +111,14 @@ class Task:
     `status`: "pending" -> "processing" -> "completed" | "failed" | "cancelled". `progress`:
     0-100, never decreasing. `videos`: one per sample once completed (`withheld`: samples the
     upstream did not deliver, e.g. removed by safety filters). `error`: once failed.
-    Times are Unix seconds; `estimated_time` is the model's expected seconds from start to end."""
+    Times are Unix seconds; `estimated_time` is the model's expected seconds from start to end.
+    `route`: which of the model's routes serves it (the server's docs/routing.md)."""
 
     id: str
     status: str
     progress: int
     model: str
+    route: str | None
     created: int | None
     estimated_time: int | None
     queue_position: int | None
@@ -146,6 +148,7 @@ class Task:
             status=str(data.get("status", "")),
             progress=_int(data.get("progress")) or 0,
             model=str(data.get("model", "")),
+            route=_str(data.get("route")),
             created=_int(data.get("created")),
             estimated_time=_int(data.get("estimated_time")),
             queue_position=_int(data.get("queue_position")),

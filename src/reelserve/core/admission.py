@@ -1,11 +1,12 @@
 """Whether a request can run here, decided at submit: what is refused now is a 400, never a
 task that fails later.
 
-A submit body is parsed against the configured models (`domain.spec`), routed to a provider (a
-test key's to the sandbox, a live key's to its model's own provider when this process can run
-it or `remote_providers` says workers elsewhere do), checked against that provider's upstream
-rules (Veo's backends), and its images and webhook URL checked as far as can be known before
-any fetch. The outbound policies are built once, from settings, when the server opens.
+A submit body is parsed against the configured models (`domain.spec`), routed (a test key's to
+the sandbox, a live key's to the first of its model's routes that this process runs, or that
+`remote_providers` says workers elsewhere do, and whose upstream rules, such as Veo's
+backends, serve the request exactly as asked: providers/routes.py), and its images and
+webhook URL checked as far as can be known before any fetch. The outbound policies are built
+once, from settings, when the server opens.
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from reelserve.domain.errors import InvalidRequest
-from reelserve.domain.models import ModelEntry
+from reelserve.domain.models import ModelEntry, Route
 from reelserve.domain.spec import GenerationSpec, parse_generation_request
 from reelserve.media.images import FetchPolicy, ImageInputError, check_image_source
 from reelserve.net.guard import OutboundError, check_destination
 from reelserve.providers.base import Capabilities, Provider
-from reelserve.providers.registry import SANDBOX, not_configured_message
+from reelserve.providers.registry import SANDBOX, is_remote, not_configured_message
+from reelserve.providers.routes import NoRoute, RoutePlan
 from reelserve.settings import Settings
 from reelserve.store.keys import ApiKey
 from reelserve.store.webhooks import WebhookStore
@@ -51,7 +53,7 @@ class Admitted:
 
     spec: GenerationSpec
     entry: ModelEntry
-    provider: str
+    provider: str  # the route's name (docs/routing.md), what the task row carries
 
 
 class Admission:
@@ -65,35 +67,46 @@ class Admission:
     ) -> None:
         self.settings = settings
         self.models = models
-        self.providers = providers  # the process's own mapping: tests add providers to it
+        self.providers = providers  # the process's own mapping (by route): tests add to it
         self.capabilities = capabilities
+        self.routes = RoutePlan(models, capabilities, self.runnable)
         self.webhooks = webhooks
         self.image_policy = image_policy(settings)
         self.webhook_policy = webhook_policy(settings)
 
+    def runnable(self, route: Route) -> bool:
+        """The route runs in this process, or on workers elsewhere (`remote_providers`)."""
+        return route.name in self.providers or is_remote(self.settings, route)
+
     def runs_on(self, key: ApiKey, entry: ModelEntry) -> str | None:
-        """Where this key's tasks of `entry` run: "sandbox" for a test key; the model's
-        provider when this process runs it; `REMOTE_WORKERS` when only workers elsewhere do
-        (`remote_providers`); None when nothing can."""
+        """Where this key's tasks of `entry` run: "sandbox" for a test key; the first route
+        of the model that runs here (its name); `REMOTE_WORKERS` when it runs only on
+        workers elsewhere (`remote_providers`); None when no route can."""
         if key.is_test:
             return SANDBOX
-        if entry.provider in self.providers:
-            return entry.provider
-        if entry.provider in self.settings.remote_providers:
-            return REMOTE_WORKERS
+        for route in entry.resolved_routes():
+            if route.name in self.providers:
+                return route.name
+            if is_remote(self.settings, route):
+                return REMOTE_WORKERS
         return None
 
-    def provider_for(self, key: ApiKey, entry: ModelEntry) -> str:
-        """The provider a task of this key and model is queued for, or a 400 naming what to
-        configure."""
-        if self.runs_on(key, entry) is None:
+    def route_for(self, key: ApiKey, spec: GenerationSpec) -> str:
+        """The route a task of this key and spec is queued on (`RoutePlan.choose`: the first
+        that runs and serves it exactly as asked), or a 400 naming what to configure or the
+        field no route serves."""
+        if key.is_test:
+            return SANDBOX
+        try:
+            return self.routes.choose(spec).name
+        except NoRoute:
+            entry = self.models[spec.model]
             raise InvalidRequest(
                 f'model "{entry.id}" cannot run for this live key: '
                 f"{not_configured_message(entry.provider)}; or use a test key to run it on "
                 "the sandbox",
                 param="model",
-            )
-        return SANDBOX if key.is_test else entry.provider
+            ) from None
 
     async def admit(self, key: ApiKey, body: object) -> Admitted:
         """Parse and check a submit body (every refusal names its field)."""
@@ -101,14 +114,13 @@ class Admission:
             body, self.models, allow_http_webhooks=self.settings.allow_http_webhooks
         )
         entry = self.models[spec.model]
-        provider = self.provider_for(key, entry)
-        if (capabilities := self.capabilities.get(provider)) is not None:
-            # The upstream refuses some requests its model entry allows (Veo's backends).
-            capabilities.admit(spec)
+        # The upstream refuses some requests its model entry allows (Veo's backends): each
+        # route checks the request against its own.
+        route = self.route_for(key, spec)
         await self.check_images(spec)
         if spec.webhook_url is not None:
             await self.check_webhook(key, spec.webhook_url)
-        return Admitted(spec, entry, provider)
+        return Admitted(spec, entry, route)
 
     async def check_images(self, spec: GenerationSpec) -> None:
         """What can be known at submit (scheme, address, data URL contents) is a 400 now;

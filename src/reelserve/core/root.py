@@ -114,7 +114,9 @@ class Reelserve:
     async def refresh_metrics(self) -> None:
         """The task gauges, read from the store (tasks run in every process)."""
         stats = await self.queue.stats()
-        self.metrics.set_task_stats(stats.counts, stats.oldest_pending, self.models)
+        self.metrics.set_task_stats(
+            stats.counts, stats.oldest_pending, self.models, routes=stats.routes
+        )
 
     def worker_parts(self) -> WorkerParts:
         """What a worker of this process is given (it never sees this object)."""
@@ -123,6 +125,7 @@ class Reelserve:
             queue=self.queue,
             storage=self.storage,
             providers=self.providers,
+            routes=self.admission.routes,
             usage=self.usage,
             webhooks=self.webhooks,
             metrics=self.metrics,

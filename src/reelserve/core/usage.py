@@ -36,6 +36,13 @@ async def usage_report(
         )
     rows = await store.totals(key.id, since=since, until=until)
     report = usage_json(rows, since=since, until=until)
+    by_route = await store.totals(key.id, since=since, until=until, by_route=True)
+    report["routes"] = [
+        {**row, "route": found.route}
+        for row, found in zip(
+            usage_json(by_route, since=since, until=until)["models"], by_route, strict=True
+        )
+    ]
     entries = await ledger.entries(key.id, since=since, until=until, limit=limit)
     balance = await ledger.balance(key.id, currency)
     report["test"] = key.is_test

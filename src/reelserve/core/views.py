@@ -30,6 +30,7 @@ def task_json(task: TaskView, links: Links) -> dict[str, Any]:
         "status": task.status.value,
         "progress": task.progress,
         "model": task.model,
+        "route": task.provider,
         "created": int(task.created_at),
         "estimated_time": task.estimated_time,
     }

@@ -7,9 +7,10 @@ request the model cannot serve is a 400 before anything is queued or paid for.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Mode = Literal["t2v", "i2v", "flf2v"]
 Resolution = Literal["720p", "1080p", "4K"]
@@ -59,13 +60,82 @@ class ListPrice(BaseModel):
         return self.video_audio if audio or self.video is None else self.video
 
 
+# Providers of which one instance serves every model and route that names it without options
+# of its own; a relay is one upstream, so each relay route is its own instance.
+SHARED_PROVIDERS = ("sandbox", "google_veo", "diffusers")
+RELAY = "relay"
+
+
+class RouteEntry(BaseModel):
+    """One way of serving a model (docs/routing.md): a provider and its options. A model's
+    routes are tried in order at submit; a failure before anything was paid upstream moves a
+    task on to the next; a task pending longer than `max_wait` may be taken by the next
+    route's workers."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    provider: str = Field(min_length=1, description="sandbox | google_veo | diffusers | relay")
+    name: str | None = Field(
+        None,
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@/-]*$",
+        description="the route's name in task answers, metrics and usage; default: the "
+        "provider's name, or <provider>:<model>[:<n>] for a route with options of its own",
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="the provider's options for this route (google_veo: credentials; relay: "
+        "api, base_url, api_key, model); google_veo and diffusers routes add them to the "
+        "model's own options",
+    )
+    weight: float | None = Field(
+        None,
+        gt=0,
+        description="share of new tasks among the consecutive weighted routes that can serve "
+        "a request; none: the route takes new tasks only when the routes before it cannot",
+    )
+    max_wait: float | None = Field(
+        None,
+        gt=0,
+        description="seconds a task may wait pending on this route before the next route's "
+        "workers may take it (overflow); none: never",
+    )
+
+
+@dataclass(frozen=True)
+class Route:
+    """A model's route as it runs: its name (what task rows carry and workers claim), the
+    provider type, the options the provider gets, and its place in the model's order."""
+
+    name: str
+    provider: str
+    model: str
+    index: int
+    options: dict[str, Any]
+    weight: float | None = None
+    max_wait: float | None = None
+    # The options the route declares itself (a relay's: all of them). A shared provider
+    # serves a route with some through a view of its own (google_veo: a subset of the
+    # credentials); two routes of one name must declare the same.
+    own_options: dict[str, Any] = field(default_factory=dict)
+
+
 class ModelEntry(BaseModel):
     """One model id as clients see it, with the provider that runs it and what it can do."""
 
     model_config = ConfigDict(extra="forbid")
 
     id: str
-    provider: str = Field(description="sandbox | google_veo | diffusers")
+    provider: str = Field(
+        "",
+        description="sandbox | google_veo | diffusers | relay; default: the first route's",
+    )
+    routes: list[RouteEntry] = Field(
+        default_factory=list,
+        description="the ways of serving this model, in order (docs/routing.md); none: one "
+        "route, `provider` with `options`",
+    )
     description: str = ""
     modes: list[Mode] = Field(default_factory=_all_modes)
     durations: list[int] = Field(default_factory=lambda: [4, 6, 8])
@@ -93,6 +163,64 @@ class ModelEntry(BaseModel):
     # e.g. a local model's experimental modes or distillation); shown by `GET /v1/models`.
     details: dict[str, Any] = Field(default_factory=dict)
 
+    @model_validator(mode="after")
+    def _provider_or_routes(self) -> ModelEntry:
+        if not self.provider:
+            if not self.routes:
+                raise ValueError(
+                    f"model {self.id!r}: expected a provider (sandbox, google_veo, diffusers, "
+                    "relay) or a list of routes; got neither"
+                )
+            self.provider = self.routes[0].provider
+        names = [route.name for route in self.resolved_routes()]
+        for name in names:
+            if names.count(name) > 1:
+                raise ValueError(
+                    f"model {self.id!r}: two routes are named {name!r}; give each route of a "
+                    "model its own name"
+                )
+        return self
+
+    def resolved_routes(self) -> list[Route]:
+        """The model's routes in order, with their names and the options each provider gets:
+        the declared `routes`, or the one route `provider` with the model's `options`."""
+        if not self.routes:
+            own = self.provider not in SHARED_PROVIDERS
+            name = f"{self.provider}:{self.id}" if own else self.provider
+            declared = dict(self.options) if own else {}
+            return [
+                Route(name, self.provider, self.id, 0, dict(self.options), own_options=declared)
+            ]
+        out: list[Route] = []
+        for index, route in enumerate(self.routes):
+            own = bool(route.options) or route.provider not in SHARED_PROVIDERS
+            if route.name is not None:
+                name = route.name
+            else:
+                name = f"{route.provider}:{self.id}" if own else route.provider
+                if own and index > 0:
+                    name = f"{name}:{index + 1}"
+            # A relay's options are its upstream's alone; a shared provider's add to the
+            # model's (Veo's upstream model ids, a local model's checkpoint).
+            options = (
+                dict(route.options)
+                if route.provider == RELAY
+                else {**self.options, **route.options}
+            )
+            out.append(
+                Route(
+                    name,
+                    route.provider,
+                    self.id,
+                    index,
+                    options,
+                    weight=route.weight,
+                    max_wait=route.max_wait,
+                    own_options=dict(route.options),
+                )
+            )
+        return out
+
     def public(self) -> dict[str, Any]:
         """The entry as `GET /v1/models` shows it (no provider options, which may hold secrets)."""
         return {
@@ -111,6 +239,15 @@ class ModelEntry(BaseModel):
             "sizes": {r: list(self.render_size(r)) for r in self.resolutions},
             "max_sample_count": self.max_sample_count,
             "estimated_time": self.estimated_time,
+            **(
+                {
+                    "routes": [
+                        {"name": r.name, "provider": r.provider} for r in self.resolved_routes()
+                    ]
+                }
+                if self.routes
+                else {}
+            ),
             **({"backends": self.backends} if self.backends else {}),
             **({"details": self.details} if self.details else {}),
         }

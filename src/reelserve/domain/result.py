@@ -133,6 +133,7 @@ class TaskView:
     id: str
     api_key_id: str
     model: str
+    provider: str  # the task's route (docs/routing.md): the answer's `route`
     status: TaskStatus
     progress: int
     estimated_time: int

@@ -412,6 +412,33 @@ class TaskQueue(TaskClaims, TaskReads, TaskMaintenance):
 
         return await self.writes.run(write)
 
+    async def reroute(self, task_id: str, token: str, route: str) -> bool:
+        """Move a running task to another route of its model (a failover, docs/routing.md):
+        pending again, queued for `route`'s workers, without the old route's checkpoint or
+        attempts, which were nothing upstream. Fenced like every write of a running task;
+        `updated_at` is when it started waiting on the new route (what an overflow counts)."""
+        now = time.time()
+
+        async def notify(conn: AsyncConnection) -> None:
+            if self.is_postgres:
+                await conn.execute(
+                    sa.text("SELECT pg_notify(:channel, :provider)"),
+                    {"channel": NOTIFY_CHANNEL, "provider": route},
+                )
+
+        return await self._write_fenced(
+            task_id,
+            token,
+            status=PENDING,
+            provider=route,
+            lease_owner=None,
+            lease_expires_at=None,
+            checkpoint=None,
+            attempts=0,
+            updated_at=now,
+            then=notify,
+        )
+
     async def release(self, task_id: str, token: str, *, refund_attempt: bool = True) -> bool:
         """Give a lease back at once (graceful shutdown): the task stays `processing`, its lease
         expires now, and the next claim by any worker resumes it from its checkpoint.

@@ -48,9 +48,13 @@ SLOT_SECONDS = 1e-6  # what each slot of one claim adds to a served key's served
 Filter = Callable[[sa.FromClause], list[sa.ColumnElement[bool]]]
 
 
-def task_filter(providers: Collection[str] | None, models: Collection[str] | None) -> Filter:
+def task_filter(
+    providers: Collection[str] | None, models: Collection[str] | None, spill: bool = False
+) -> Filter:
     """The conditions a worker's providers and models put on a (table alias of) tasks: bound
-    lists, `providers` and `models` (`filter_params`), for those that are given."""
+    lists, `providers` and `models` (`filter_params`), for those that are given. A spill
+    claim (`SpillClaim`) takes only pending tasks that have waited on their
+    route since before the bound `spill_before` (`updated_at`: when they were queued there)."""
 
     def where(t: sa.FromClause) -> list[sa.ColumnElement[bool]]:
         out: list[sa.ColumnElement[bool]] = []
@@ -58,9 +62,30 @@ def task_filter(providers: Collection[str] | None, models: Collection[str] | Non
             out.append(t.c.provider.in_(sa.bindparam("providers", expanding=True)))
         if models is not None:
             out.append(t.c.model.in_(sa.bindparam("models", expanding=True)))
+        if spill:
+            # A pending task has nothing upstream: a task goes back to pending only by a
+            # failover, which clears its checkpoint (TaskQueue.reroute).
+            out.extend(
+                [
+                    t.c.status == PENDING,
+                    t.c.updated_at < sa.bindparam("spill_before", type_=sa.Float),
+                ]
+            )
         return out
 
     return where
+
+
+@dataclass(frozen=True)
+class SpillClaim:
+    """An overflow claim (docs/routing.md): pending tasks of `model` queued on route `source`
+    for more than `max_wait` seconds, taken for route `target` (the task row's route changes
+    in the claim's own fenced update)."""
+
+    model: str
+    source: str
+    target: str
+    max_wait: float
 
 
 def filter_params(
@@ -186,10 +211,10 @@ class ClaimStatements:
 
 @functools.lru_cache(maxsize=16)
 def claim_statements(
-    dialect: str, providers: bool, models: bool, owner_is_prefix: bool
+    dialect: str, providers: bool, models: bool, owner_is_prefix: bool, spill: bool = False
 ) -> ClaimStatements:
     """The claim's statements for one engine and filter shape, built once."""
-    where = task_filter(() if providers else None, () if models else None)
+    where = task_filter(() if providers else None, () if models else None, spill)
     resumed = (
         sa.select(tasks.c.id, tasks.c.api_key_id, tasks.c.created_at)
         .where(_resumable(tasks), tasks.c.api_key_id.in_(_KEYS), *where(tasks))
@@ -209,17 +234,22 @@ def claim_statements(
     if owner_is_prefix:
         owner = owner + tasks.c.id
     runnable = sa.or_(tasks.c.status == PENDING, _resumable(tasks))
+    values: dict[str, Any] = {
+        "status": PROCESSING,
+        "lease_owner": owner,
+        "lease_expires_at": sa.bindparam("lease_until", type_=sa.Float),
+        "attempts": tasks.c.attempts + 1,
+        "started_at": sa.func.coalesce(tasks.c.started_at, _NOW),
+        "updated_at": _NOW,
+    }
+    fence: list[sa.ColumnElement[bool]] = [runnable]
+    if spill:  # still waiting on the source route, as the select found it
+        values["provider"] = sa.bindparam("spill_to", type_=sa.String)
+        fence.extend(where(tasks))
     update = (
         tasks.update()
-        .where(tasks.c.id.in_(sa.bindparam("ids", expanding=True)), runnable)
-        .values(
-            status=PROCESSING,
-            lease_owner=owner,
-            lease_expires_at=sa.bindparam("lease_until", type_=sa.Float),
-            attempts=tasks.c.attempts + 1,
-            started_at=sa.func.coalesce(tasks.c.started_at, _NOW),
-            updated_at=_NOW,
-        )
+        .where(tasks.c.id.in_(sa.bindparam("ids", expanding=True)), *fence)
+        .values(**values)
         .returning(*tasks.c)
     )
     return ClaimStatements(
@@ -298,13 +328,17 @@ class TaskClaims:
         max_attempts: int,
         providers: Collection[str] | None = None,
         models: Collection[str] | None = None,
+        spill: SpillClaim | None = None,
     ) -> list[TaskRecord]:
         """Take up to `limit` runnable tasks in the fair order (the module's docstring), in one
         transaction: a pending one, or a processing one whose lease expired (its worker died)
         and that has attempts left. Each gets its own lease token, `prefix` followed by its id
         (`lease_token`). Two claims never take one task: the update is fenced on the task
         being runnable still, and claims of one key take turns (PostgreSQL: its `queue_keys`
-        row is locked; SQLite: one writer at a time)."""
+        row is locked; SQLite: one writer at a time). With `spill`, the claim takes that
+        overflow's tasks instead (`providers` and `models` are its own)."""
+        if spill is not None:
+            providers, models = [spill.source], [spill.model]
         return await self._claim(
             prefix,
             True,
@@ -313,6 +347,7 @@ class TaskClaims:
             max_attempts=max_attempts,
             providers=providers,
             models=models,
+            spill=spill,
         )
 
     async def _claim(
@@ -325,11 +360,18 @@ class TaskClaims:
         max_attempts: int,
         providers: Collection[str] | None,
         models: Collection[str] | None,
+        spill: SpillClaim | None = None,
     ) -> list[TaskRecord]:
         limit = max(1, limit)
         dialect = self.engine.dialect.name
-        sql = claim_statements(dialect, providers is not None, models is not None, owner_is_prefix)
-        filters = filter_params(providers, models)
+        sql = claim_statements(
+            dialect,
+            providers is not None,
+            models is not None,
+            owner_is_prefix,
+            spill is not None,
+        )
+        filters: dict[str, Any] = dict(filter_params(providers, models))
         async with begin_write(self.engine) as conn:
             if self.is_postgres:
                 # The loose scan's steps must be ordered index scans that stop at the first
@@ -339,6 +381,8 @@ class TaskClaims:
             else:
                 await conn.exec_driver_sql("BEGIN IMMEDIATE")  # the write lock, from the start
             now = time.time()
+            if spill is not None:
+                filters["spill_before"] = now - spill.max_wait
             bound = {"now": now, "max_attempts": max_attempts, **filters}
             rows = (await conn.execute(sql.keys, {**bound, "limit": limit})).all()
             if not rows:
@@ -380,6 +424,8 @@ class TaskClaims:
                 "owner": owner,
                 "lease_until": now + lease_seconds,
             }
+            if spill is not None:
+                params["spill_to"] = spill.target
             claimed = {
                 row.id: TaskRecord.from_row(row) for row in await conn.execute(sql.update, params)
             }

@@ -12,7 +12,7 @@ text.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
@@ -124,6 +124,8 @@ class TaskStats:
 
     counts: dict[tuple[str, str], int]  # (model, status) -> tasks
     oldest_pending: dict[str, float]  # model -> created_at of its oldest pending task
+    # (model, route, status) -> tasks; the route is the task row's `provider` (its route name)
+    routes: dict[tuple[str, str, str], int] = field(default_factory=dict)
 
 
 class TaskReads:
@@ -224,14 +226,15 @@ class TaskReads:
             return [TaskRecord.from_row(r) for r in (await conn.execute(query)).all()]
 
     async def stats(self) -> TaskStats:
-        """The task gauges of the metrics scrape: tasks by (model, status), and the age of each
-        model's oldest pending task. Two grouped counts; tasks of every process are seen."""
+        """The task gauges of the metrics scrape: tasks by (model, route, status), and the age
+        of each model's oldest pending task. Two grouped counts; tasks of every process are
+        seen."""
         async with self.engine.connect() as conn:
             counted = (
                 await conn.execute(
-                    sa.select(tasks.c.model, tasks.c.status, sa.func.count()).group_by(
-                        tasks.c.model, tasks.c.status
-                    )
+                    sa.select(
+                        tasks.c.model, tasks.c.provider, tasks.c.status, sa.func.count()
+                    ).group_by(tasks.c.model, tasks.c.provider, tasks.c.status)
                 )
             ).all()
             oldest = (
@@ -241,8 +244,12 @@ class TaskReads:
                     .group_by(tasks.c.model)
                 )
             ).all()
+        counts: dict[tuple[str, str], int] = {}
+        for m, _, st, n in counted:
+            counts[(str(m), str(st))] = counts.get((str(m), str(st)), 0) + int(n)
         return TaskStats(
-            counts={(str(m), str(s)): int(n) for m, s, n in counted},
+            counts=counts,
+            routes={(str(m), str(r), str(st)): int(n) for m, r, st, n in counted},
             oldest_pending={str(m): float(t) for m, t in oldest if t is not None},
         )
 

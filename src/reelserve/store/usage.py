@@ -46,6 +46,7 @@ class ModelUsage:
     videos: int
     video_seconds: float
     cost: float
+    route: str | None = None  # with `by_route`: the route that served them (docs/routing.md)
 
 
 class UsageStore:
@@ -89,13 +90,20 @@ class UsageStore:
         return UsageRecord(**values)
 
     async def totals(
-        self, api_key_id: str, *, since: float | None = None, until: float | None = None
+        self,
+        api_key_id: str,
+        *,
+        since: float | None = None,
+        until: float | None = None,
+        by_route: bool = False,
     ) -> list[ModelUsage]:
-        """Per model and currency: completed tasks, videos, seconds of video and cost recorded
-        in [since, until) for this API key."""
+        """Per model and currency (and route, `by_route`: the usage row's provider, which is
+        the task's route): completed tasks, videos, seconds of video and cost recorded in
+        [since, until) for this API key."""
+        group = [usage.c.model, usage.c.provider] if by_route else [usage.c.model]
         query = (
             sa.select(
-                usage.c.model,
+                *group,
                 usage.c.currency,
                 sa.func.count().label("tasks"),
                 sa.func.sum(usage.c.videos).label("videos"),
@@ -107,8 +115,8 @@ class UsageStore:
                 usage.c.api_key_id == api_key_id,
                 tasks.c.status == TaskStatus.COMPLETED.value,
             )
-            .group_by(usage.c.model, usage.c.currency)
-            .order_by(usage.c.model, usage.c.currency)
+            .group_by(*group, usage.c.currency)
+            .order_by(*group, usage.c.currency)
         )
         if since is not None:
             query = query.where(usage.c.recorded_at >= since)
@@ -124,6 +132,7 @@ class UsageStore:
                 videos=int(r.videos or 0),
                 video_seconds=round(float(r.video_seconds or 0.0), 3),
                 cost=round(float(r.cost or 0.0), 6),
+                route=str(r.provider) if by_route else None,
             )
             for r in rows
         ]

@@ -42,8 +42,15 @@ class Attempts:
     and claimed again by this very worker has two, and the old one's end never touches the
     new one's)."""
 
-    def __init__(self, parts: WorkerParts, *, on_finished: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        parts: WorkerParts,
+        *,
+        on_finished: Callable[[], None],
+        on_rerouted: Callable[[str], None] = lambda route: None,
+    ) -> None:
         self.parts = parts
+        self._on_rerouted = on_rerouted  # a task was queued on this route: claim it now
         self.settings = parts.settings
         self.contexts: dict[str, TaskContext] = {}
         self.timers = Timers()  # every attempt's waits (`TaskContext.sleep`), by due time
@@ -73,9 +80,11 @@ class Attempts:
         # Tracked before anything is awaited, so that the next renewal keeps its lease even
         # when a burst of claims waits for threads (thousands claimed at once).
         self.contexts[token] = ctx
+        ctx.can_fail_over = self.parts.routes.has_next(task.model, task.provider)
         if task.cancel_requested:
             ctx.stop("cancel")
         outcome = "?"
+        code: str | None = None  # the error code of a failed attempt
         claimed_at = time.monotonic()
         if task.attempts == 1 and task.started_at is not None:
             self.parts.metrics.task_claimed(task.model, task.started_at - task.created_at)
@@ -91,7 +100,11 @@ class Attempts:
             outcome = "lost"
         except ProviderError as exc:
             outcome = "failed"
-            await queue.fail(task.id, token, exc.code, exc.message)
+            if exc.failover and ctx.can_fail_over and await self._fail_over(task, token, exc):
+                outcome = "failed over"
+            else:
+                code = exc.code
+                await queue.fail(task.id, token, exc.code, exc.message)
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
                 await asyncio.shield(queue.release(task.id, token))
@@ -100,6 +113,7 @@ class Attempts:
         except Exception:
             log.exception("task %s failed with an internal error", task.id)
             outcome = "failed"
+            code = ErrorCode.INTERNAL_ERROR.value
             await queue.fail(
                 task.id,
                 token,
@@ -111,6 +125,7 @@ class Attempts:
             self.parts.metrics.task_attempt_finished(
                 task.model, outcome, time.monotonic() - claimed_at
             )
+            self.parts.metrics.route_attempt(task.model, task.provider, outcome, code)
             if ctx.workdir.parts:  # made (the first step of `_run`)
                 await asyncio.to_thread(self._remove_workdir, ctx.workdir)
             log.info("task %s %s (attempt %d)", task.id, outcome, task.attempts)
@@ -139,6 +154,27 @@ class Attempts:
             return "lost"
         self.completed += 1
         return "completed"
+
+    async def _fail_over(self, task: TaskRecord, token: str, exc: ProviderError) -> bool:
+        """Move the task to its model's next route that serves it, after a failure before
+        anything was paid upstream (docs/routing.md); False where there is none (the task
+        fails with `exc`) or the lease was lost."""
+        spec = GenerationSpec.model_validate(task.spec)
+        target = self.parts.routes.next_after(task.model, task.provider, spec)
+        if target is None:
+            return False
+        log.warning(
+            "task %s: route %s failed before anything was paid (%s); failing over to %s",
+            task.id,
+            task.provider,
+            exc.message,
+            target.name,
+        )
+        if not await self.parts.queue.reroute(task.id, token, target.name):
+            return True  # the lease was lost: the task is another attempt's now
+        self.parts.metrics.route_failover(task.model, task.provider, target.name)
+        self._on_rerouted(target.name)
+        return True
 
     async def _watched(self, run: Coroutine[Any, Any, list[Clip]], ctx: TaskContext) -> list[Clip]:
         """`run` (a provider's), abandoned `stop_timeout` seconds after a cancellation or a lost

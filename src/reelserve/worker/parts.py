@@ -13,6 +13,7 @@ from typing import Any
 from reelserve.metrics import Metrics
 from reelserve.net.guard import FetchPolicy
 from reelserve.providers.base import Provider
+from reelserve.providers.routes import RoutePlan
 from reelserve.settings import Settings
 from reelserve.storage.base import Storage
 from reelserve.store.queue import TaskQueue, TaskRecord
@@ -28,7 +29,8 @@ class WorkerParts:
     settings: Settings
     queue: TaskQueue
     storage: Storage
-    providers: Mapping[str, Provider]
+    providers: Mapping[str, Provider]  # by route name (providers/registry.py)
+    routes: RoutePlan  # each model's routes: where a failed-over task goes, what spills
     usage: UsageStore
     webhooks: WebhookStore
     metrics: Metrics

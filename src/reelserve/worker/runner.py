@@ -30,7 +30,10 @@ import sys
 import time
 from collections.abc import Collection
 
+from reelserve.domain.spec import GenerationSpec
 from reelserve.store.db import background_writes
+from reelserve.store.queue import TaskRecord
+from reelserve.store.task_claims import SpillClaim
 from reelserve.worker.attempt import Attempts
 from reelserve.worker.loop import Claimed, ClaimLoop, Lane, Periodic
 from reelserve.worker.parts import WorkerParts
@@ -61,7 +64,13 @@ class Worker:
         self.settings = settings = parts.settings
         self.concurrency = concurrency or settings.worker_concurrency
         self.remote_concurrency = remote_concurrency or settings.worker_remote_concurrency
-        self.providers = providers if providers is not None else set(parts.providers)
+        # Route names (task rows carry their route's); a filter may name provider types too.
+        kinds = parts.routes.kinds
+        self.providers = (
+            {r for r in parts.providers if r in providers or kinds.get(r) in providers}
+            if providers is not None
+            else set(parts.providers)
+        )
         self.remote_providers = {
             name
             for name in self.providers
@@ -77,7 +86,7 @@ class Worker:
         # thread would hold the process forever (asyncio.run and interpreter exit join it).
         self.exit_when_stuck = exit_when_stuck
         self.stuck = 0  # tasks whose provider did not stop within the grace period
-        self.attempts = Attempts(parts, on_finished=self._task_finished)
+        self.attempts = Attempts(parts, on_finished=self._task_finished, on_rerouted=self._notified)
         self.webhooks = WebhookDeliverer(parts, name=self.name)
         lanes = [self.webhooks.lane()]
         if self.remote_providers:
@@ -150,6 +159,12 @@ class Worker:
         self.loop.wake(WebhookDeliverer.LANE)  # a finished task's webhook is due now
 
     def _task_lane(self, kind: str, providers: set[str], bound: int) -> Lane:
+        spills = [
+            SpillClaim(s.model, s.source, s.target, s.max_wait)
+            for s in self.parts.routes.spills()
+            if s.target in providers and (self.models is None or s.model in self.models)
+        ]
+
         async def claim(room: int) -> Claimed:
             # Each task's lease token is this prefix and its id: unique per attempt.
             prefix = f"{self.name[:40]}:{secrets.token_hex(3)}:"
@@ -161,10 +176,27 @@ class Worker:
                 providers=providers,
                 models=self.models,
             )
-            return [
+            jobs = [
                 (task.lease_owner or "", self.attempts.run(task, task.lease_owner or ""))
                 for task in claimed
             ]
+            # Room left: the queues of the routes before ours that waited past their max_wait
+            # (overflow, docs/routing.md), each claim fenced like any other.
+            for spill in spills:
+                left = min(room, CLAIM_BATCH) - len(jobs)
+                if left <= 0:
+                    break
+                spilled = await self.parts.queue.claim_many(
+                    prefix,
+                    left,
+                    lease_seconds=self.settings.lease_seconds,
+                    max_attempts=self.settings.max_attempts,
+                    spill=spill,
+                )
+                for task in spilled:
+                    token = task.lease_owner or ""
+                    jobs.append((token, self._spilled(task, token, spill)))
+            return jobs
 
         def on_stop(tokens: Collection[str]) -> None:
             self.attempts.stop(tokens, "shutdown")  # then cancelled after the grace period
@@ -177,6 +209,30 @@ class Worker:
             cancel_wait=2,
             on_stop=on_stop,
         )
+
+    async def _spilled(self, task: TaskRecord, token: str, spill: SpillClaim) -> None:
+        """Run a task this worker's route took from the route before (overflow), where it
+        serves the request exactly as asked; else hand it back to its route, to wait there
+        another `max_wait`."""
+        spec = GenerationSpec.model_validate(task.spec)
+        if not self.parts.routes.admits(spill.target, spec):
+            log.info(
+                "task %s: route %s cannot serve it as asked; back to route %s",
+                task.id,
+                spill.target,
+                spill.source,
+            )
+            await self.parts.queue.reroute(task.id, token, spill.source)
+            return
+        log.info(
+            "task %s: waited over %g s on route %s; taken by route %s",
+            task.id,
+            spill.max_wait,
+            spill.source,
+            spill.target,
+        )
+        self.parts.metrics.route_spill(spill.model, spill.source, spill.target)
+        await self.attempts.run(task, token)
 
     async def heartbeat(self) -> None:
         """One renewal of every lease this worker holds (a statement per chunk,

@@ -65,6 +65,10 @@ class Task(BaseModel):
     status: TaskStatusName
     progress: int = Field(ge=0, le=100)
     model: str
+    route: str = Field(
+        description="the route serving the task (docs/routing.md): for a model of one route "
+        "its provider (sandbox for a test key's tasks), else the route's name"
+    )
     created: int = Field(description="Unix seconds")
     estimated_time: int = Field(description="the model's expected seconds from start to end")
     queue_position: int | None = Field(None, description="while pending: tasks ahead")
@@ -123,6 +127,10 @@ class ModelUsage(BaseModel):
     currency: str
 
 
+class RouteUsage(ModelUsage):
+    route: str = Field(description="the route that served the tasks (docs/routing.md)")
+
+
 class UsageTotal(BaseModel):
     currency: str
     tasks: int
@@ -160,6 +168,9 @@ class Usage(BaseModel):
     since: float | None
     until: float | None
     models: list[ModelUsage] = Field(description="completed tasks per model in the range")
+    routes: list[RouteUsage] = Field(
+        description="the same per model and route: which of its routes served them"
+    )
     totals: list[UsageTotal]
     test: bool
     balance: Balance = Field(description="now, over all time")

@@ -52,6 +52,17 @@ class Attempt:
         ops: list[dict[str, Any]] = self.state.setdefault("ops", [])
         return ops
 
+    def nothing_created(self) -> bool:
+        """No operation of this task exists or may exist at Google (none created, none whose
+        request is in flight): another route could still serve the task without paying
+        twice."""
+        return not any(op.get("operation") or op.get("phase") == "submitting" for op in self.ops)
+
+    def failover(self) -> bool:
+        """A failure now may move the task to the model's next route (`ProviderError.failover`):
+        there is one, and nothing of this task exists at Google."""
+        return self.ctx.can_fail_over and self.nothing_created()
+
     async def save(self) -> None:
         """Checkpoint the whole provider state (every operation's entry) durably."""
         async with self._lock:

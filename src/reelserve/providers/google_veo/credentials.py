@@ -266,6 +266,23 @@ class CredentialPool:
         self._turn = 0
         self._waiters: list[tuple[asyncio.Future[Credential], Callable[[Credential], bool]]] = []
 
+    def subset(self, selectors: list[str]) -> CredentialPool:
+        """A pool of some of these credentials (a route's: ids, or backend names for all of
+        a backend's), sharing their slots, rate limits and this pool's line of waiters, so a
+        slot freed by either pool goes to the first task waiting for it in both."""
+        chosen: list[Credential] = []
+        for selector in selectors:
+            found = [c for c in self.credentials if selector in (c.id, c.backend)]
+            if not found:
+                known = ", ".join([c.id for c in self.credentials] + [GEMINI, VERTEX])
+                raise CredentialError(
+                    f"no configured Google credential is {selector!r} (known: {known})"
+                )
+            chosen.extend(c for c in found if c not in chosen)
+        pool = CredentialPool(chosen)
+        pool._waiters = self._waiters
+        return pool
+
     def profiles(self) -> list[Backend]:
         """The distinct backends (with their account's restrictions) configured here."""
         return list(dict.fromkeys(c.profile for c in self.credentials))
@@ -283,7 +300,7 @@ class CredentialPool:
         credential is usable at all."""
 
         def fits(cred: Credential) -> bool:
-            return usable(cred) and cred.id not in exclude
+            return cred.id in self.by_id and usable(cred) and cred.id not in exclude
 
         while True:
             choices = self.candidates(usable, exclude)

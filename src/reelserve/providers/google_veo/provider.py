@@ -30,6 +30,7 @@ always generates audio; reelserve drops the track when `generate_audio` is false
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import time
 from typing import Any
@@ -52,6 +53,7 @@ from reelserve.providers.google_veo.client import GoogleClient, clip
 from reelserve.providers.google_veo.collect import collect, poll
 from reelserve.providers.google_veo.credentials import (
     Credential,
+    CredentialError,
     CredentialPool,
     build_credentials,
 )
@@ -81,6 +83,26 @@ class GoogleVeoProvider(ProviderBase):
             credentials = build_credentials(settings)
         self.pool = CredentialPool(credentials)
         self.client = GoogleClient(settings)
+
+    def view(
+        self, name: str, selectors: list[str] | None, models: dict[str, ModelEntry]
+    ) -> GoogleVeoProvider:
+        """This provider as one route sees it (docs/routing.md): named `name`, over the
+        credentials `selectors` names (ids, or gemini / vertex for all of a backend's; None:
+        all), and the models as that route declares them. Slots, rate limits and the HTTP
+        client stay this provider's: a credential shared by two routes keeps its limits
+        across both."""
+        pool = self.pool
+        if selectors is not None:
+            try:
+                pool = self.pool.subset(selectors)
+            except CredentialError as exc:
+                raise ValueError(f"route {name!r}: options.credentials: {exc}") from None
+        routed = copy.copy(self)
+        routed.name = name
+        routed.pool = pool
+        routed.models = {**self.models, **models}
+        return routed
 
     # -- capabilities ------------------------------------------------------------------------
 
@@ -161,7 +183,11 @@ class GoogleVeoProvider(ProviderBase):
                 withheld.append(Withheld(ErrorCode.UPSTREAM_ERROR.value, outcome.missing, message))
         if not clips:
             if errors:
-                raise errors[0]
+                first = errors[0]
+                if first.failover and not run.nothing_created():
+                    # Another operation of this task exists at Google: it stays on this route.
+                    raise ProviderError(first.code, first.message) from None
+                raise first
             if withheld and all(w.code == filtered for w in withheld):
                 reasons = [r for w in withheld for r in w.reasons]
                 why = "; ".join(reasons) or f"{sum(w.count for w in withheld)} video(s) removed"

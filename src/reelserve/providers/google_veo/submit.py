@@ -69,9 +69,17 @@ async def submit(run: Attempt, op: dict[str, Any], first: Credential | None) -> 
     while True:
         if cred is None:
             if exhausted and not pool.candidates(usable(spec, samples), exhausted):
-                # Every credential answered 429: Google's per-minute quota. That is a queue,
-                # not a failure: wait as told (RetryInfo), then go round again, until the
-                # task's deadline.
+                # Every credential answered 429: Google's per-minute quota. Where the model
+                # has a next route, the task moves on to it (nothing was paid); else that is
+                # a queue, not a failure: wait as told (RetryInfo), then go round again,
+                # until the task's deadline.
+                if run.failover():
+                    why = clip(last.message if last else "429")
+                    raise ProviderError(
+                        ErrorCode.UPSTREAM_ERROR,
+                        f"Google's quota is exhausted on every credential of this route ({why})",
+                        failover=True,
+                    )
                 quota_waits += 1
                 await run.backoff(quota_waits, last.retry_after if last else None)
                 if time.time() >= run.deadline_at:
@@ -138,11 +146,14 @@ async def submit(run: Attempt, op: dict[str, Any], first: Credential | None) -> 
                 raise ProviderError(
                     ErrorCode.UPSTREAM_ERROR,
                     f"Google rejected the request: {clip(fault.message)}",
+                    failover=run.failover(),
                 ) from None
             attempt += 1
             if attempt > run.settings.retry_attempts:
                 raise ProviderError(
-                    ErrorCode.UPSTREAM_ERROR, f"Google kept failing: {clip(fault.message)}"
+                    ErrorCode.UPSTREAM_ERROR,
+                    f"Google kept failing: {clip(fault.message)}",
+                    failover=run.failover(),
                 ) from None
             await run.backoff(attempt, fault.retry_after)
             continue

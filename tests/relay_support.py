@@ -17,10 +17,12 @@ import json
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -283,3 +285,40 @@ def png(image: NDArray[np.uint8]) -> bytes:
 
 def mad(a: NDArray[np.uint8], b: NDArray[np.uint8]) -> float:
     return float(np.abs(a.astype(np.int16) - b.astype(np.int16)).mean())
+
+
+@contextlib.contextmanager
+def dropping_upstream() -> Iterator[tuple[str, list[bytes]]]:
+    """A listener on loopback that reads each request's head and closes the connection without
+    answering: a create whose outcome the sender cannot know. Yields its URL and the request
+    heads it read."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+    heads: list[bytes] = []
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.settimeout(5)
+                data = b""
+                with contextlib.suppress(OSError):
+                    while b"\r\n\r\n" not in data:
+                        chunk = conn.recv(65536)
+                        if not chunk:
+                            break
+                        data += chunk
+                heads.append(data.split(b"\r\n\r\n", 1)[0])
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}", heads
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+        listener.close()

@@ -15,6 +15,7 @@ import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from reelserve.domain.errors import InvalidRequest
@@ -34,6 +35,7 @@ from tests.relay_support import (
     png,
     relay_entry,
 )
+from tests.support import LiveServer, make_settings, submit, wait_task
 
 
 @pytest.fixture(scope="module")
@@ -164,3 +166,35 @@ async def test_cancel_reaches_the_upstream_video(tmp_path: Path) -> None:
         assert b.tasks(key) == []
     finally:
         b.stop()
+
+
+def test_a_relays_to_b_facade(tmp_path: Path, upstream: Upstream) -> None:
+    """Reelserve A, on a live key, serves the model through B's /v1/videos facade."""
+    key_b = asyncio.run(upstream.mint())
+    entry = relay_entry("openai", upstream.url, key_b)
+    a = LiveServer(make_settings(tmp_path / "a-data", models=[entry])).start()
+    try:
+        with a.client(a.mint("live")) as client:
+            task_id = submit(client, {"model": "relayed", "prompt": "via openai", "duration": 2})
+            done = wait_task(client, task_id, timeout=90)
+            assert done["status"] == "completed", done
+            assert done["route"] == "relay:relayed"
+            (video,) = done["result"]["videos"]
+            assert video["url"][0].startswith(f"{a.url}/v1/files/")
+            answer = httpx.get(video["url"][0], timeout=30)
+            assert answer.status_code == 200
+            path = tmp_path / "a.mp4"
+            path.write_bytes(answer.content)
+            info = probe_video(path)
+            assert (info.width, info.height, round(info.duration)) == (W, H, 2)
+            # What OpenAI's API cannot express is a 400 at A's submit, before B sees anything.
+            refused = client.post(
+                "/v1/videos/generations",
+                json={"model": "relayed", "prompt": "two", "duration": 1, "sample_count": 2},
+            )
+            assert refused.status_code == 400, refused.text
+            assert refused.json()["error"]["param"] == "sample_count"
+    finally:
+        a.stop()
+    (task,) = upstream.tasks(key_b)
+    assert task["status"] == "completed"

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from reelserve.domain.models import ModelEntry
@@ -28,13 +30,14 @@ from tests.relay_support import (
     RelayContext,
     Upstream,
     W,
+    dropping_upstream,
     mad,
     make_spec,
     picture,
     png,
     relay_entry,
 )
-from tests.support import free_port
+from tests.support import LiveServer, free_port, make_settings, submit, wait_task
 
 
 @pytest.fixture(scope="module")
@@ -275,6 +278,36 @@ async def test_an_upstream_that_is_down_fails_over(tmp_path: Path) -> None:
     assert ctx.phases().count("submitting") == 3  # the first try and 2 retries
 
 
+@pytest.mark.parametrize("idempotent", [True, False])
+async def test_a_create_of_unknown_outcome_never_fails_over(
+    tmp_path: Path, idempotent: bool
+) -> None:
+    """The upstream reads the create and drops the connection: it may have made the task. It
+    is sent again only under the same key (idempotent), and never to the next route."""
+    with dropping_upstream() as (url, heads):
+        entry = relay_entry("seed", url, "key", idempotent=idempotent, retries=1)
+        provider = build_relay("relay:drop", entry)
+        ctx = RelayContext(_workdir(tmp_path), can_fail_over=True)
+        with pytest.raises(ProviderError) as raised:
+            await provider.run(make_spec(), ctx)
+    error = raised.value
+    assert error.failover is False and error.code == "upstream_error"
+    keys = {
+        line.split(b":", 1)[1].strip()
+        for head in heads
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"idempotency-key:")
+    }
+    assert keys == {ctx.checkpoints[0]["idempotency_key"].encode()}
+    assert ctx.phases()[-1] == "submitting"  # a resumed attempt knows it is unknown
+    if idempotent:
+        assert len(heads) == 2  # the first try and one retry, under one key
+        assert "kept failing" in error.message and "same Idempotency-Key" in error.message
+    else:
+        assert len(heads) == 1
+        assert "failed midway" in error.message and "does not send it again" in error.message
+
+
 # -- the end of an upstream task ----------------------------------------------------------------
 
 
@@ -307,3 +340,75 @@ async def test_an_upstream_task_that_fails_fails_ours_with_its_code(
         await provider.run(spec, ctx)
     assert raised.value.code == "invalid_image", raised.value.message
     assert "relay:b (seed API at" in raised.value.message
+
+
+# -- through reelserve A -------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def front(tmp_path: Path, entry: ModelEntry) -> Iterator[tuple[LiveServer, str]]:
+    """Reelserve A serving `entry` (a relay to B), and a live key on A."""
+    a = LiveServer(make_settings(tmp_path / "a-data", models=[entry])).start()
+    try:
+        yield a, a.mint("live")
+    finally:
+        a.stop()
+
+
+def _download(url: str, path: Path) -> Path:
+    answer = httpx.get(url, timeout=30)
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["content-type"] == "video/mp4"
+    path.write_bytes(answer.content)
+    return path
+
+
+def test_a_relays_to_b_and_rehosts_the_video(tmp_path: Path, upstream: Upstream) -> None:
+    key_b = asyncio.run(upstream.mint())
+    with front(tmp_path, relay_entry("seed", upstream.url, key_b)) as (a, key_a):
+        with a.client(key_a) as client:
+            task_id = submit(client, {"model": "relayed", "prompt": "relayed", "duration": 2})
+            done = wait_task(client, task_id, timeout=90)
+        assert done["status"] == "completed", done
+        assert done["route"] == "relay:relayed"  # the model's one route, a relay
+        (video,) = done["result"]["videos"]
+        url = video["url"][0]
+        assert url.startswith(f"{a.url}/v1/files/")  # A's own storage, not B's link
+        info = probe_video(_download(url, tmp_path / "a.mp4"))
+        assert (info.width, info.height, round(info.duration)) == (W, H, 2)
+        assert (video["width"], video["height"]) == (W, H)
+    (task,) = upstream.tasks(key_b)
+    assert task["status"] == "completed"
+
+
+def test_through_a_b_killed_and_restarted_mid_task(tmp_path: Path) -> None:
+    with stopped(Upstream(tmp_path)) as b:
+        b.start(worker=False)  # B takes the task and holds it pending
+        key_b = asyncio.run(b.mint())
+        entry = relay_entry("seed", b.url, key_b)
+        with front(tmp_path, entry) as (a, key_a), a.client(key_a) as client:
+            task_id = submit(client, {"model": "relayed", "prompt": "killed", "duration": 1})
+            deadline = time.monotonic() + 60
+            while not b.tasks(key_b):  # A's create reached B
+                assert time.monotonic() < deadline, "A never created B's task"
+                time.sleep(0.05)
+            b.kill()
+            assert client.get(f"/v1/tasks/{task_id}").json()["data"]["status"] == "processing"
+            b.start()  # the same port and data directory, with its worker
+            done = wait_task(client, task_id, timeout=90)
+        assert done["status"] == "completed", done
+        (task,) = b.tasks(key_b)  # exactly one task created on B
+        assert task["status"] == "completed"
+
+
+def test_through_a_payment_required_fails_the_task(tmp_path: Path, upstream: Upstream) -> None:
+    key_b = asyncio.run(upstream.mint(budget=0.5))
+    entry = relay_entry("seed", upstream.url, key_b)
+    with front(tmp_path, entry) as (a, key_a), a.client(key_a) as client:
+        task_id = submit(client, {"model": "relayed", "prompt": "unpaid", "duration": 1})
+        done = wait_task(client, task_id, timeout=60)
+    assert done["status"] == "failed"
+    assert done["error"]["code"] == "upstream_error"
+    assert "refused the request for payment" in done["error"]["message"]
+    assert "HTTP 402 payment_required" in done["error"]["message"]
+    assert upstream.tasks(key_b) == []

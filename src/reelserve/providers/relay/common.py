@@ -464,10 +464,13 @@ class RelayProvider(ProviderBase, abc.ABC):
                     await run.sleep(run.backoff_delay(failures, fault.retry_after))
                     continue  # the "submitting" mark stays: the same key goes again
                 # The upstream answered 4xx, or the request never left: nothing was created
-                # by this try.
-                run.state["phase"] = "idle"
-                await run.save()
-                failover = bool(ctx.can_fail_over) and not run.state.get("uncertain")
+                # by this try. After an earlier try of unknown outcome the mark stays (a
+                # resumed attempt sends the same key again) and failing over is ruled out.
+                uncertain = bool(run.state.get("uncertain"))
+                if not uncertain:
+                    run.state["phase"] = "idle"
+                    await run.save()
+                failover = bool(ctx.can_fail_over) and not uncertain
                 if fault.kind == "unsent":
                     failures += 1
                     if failures <= o.retries:

@@ -22,6 +22,7 @@ from reelserve.domain.spec import GenerationSpec
 from reelserve.providers.base import Clip, ProviderBase, RunContext
 from reelserve.providers.sandbox.provider import SandboxProvider
 from reelserve.settings import Settings
+from tests.databases import database_url
 from tests.fakes.google_veo import FakeGoogle, serve
 from tests.support import LiveServer, make_settings, submit, wait_task
 
@@ -192,15 +193,23 @@ class Held(ProviderBase):
         return await SandboxProvider().run(spec, ctx)
 
 
+@pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
 def test_overflow_spills_a_waiting_task_to_the_next_route(
-    google: FakeGoogle, fake: FakeGoogle, tmp_path: Path
+    google: FakeGoogle, fake: FakeGoogle, tmp_path: Path, engine: str
 ) -> None:
+    """The spill claim is its own SQL (store/task_claims.py): on both engines."""
+    with database_url(engine, tmp_path) as url:
+        overflow(google, fake, tmp_path, url)
+
+
+def overflow(google: FakeGoogle, fake: FakeGoogle, tmp_path: Path, url: str) -> None:
     routes = [
         {"provider": "sandbox", "name": "gpu", "max_wait": 2},
         {"provider": "google_veo", "name": "gemini", "options": {"credentials": ["gemini-a"]}},
     ]
     settings = make_settings(
         tmp_path / "data",
+        database_url=url,
         google=google_settings(google),
         models=routed(routes),
         worker_concurrency=1,
@@ -349,6 +358,54 @@ def test_routes_from_the_environment_as_json(tmp_path: Path) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[('local', 'sandbox', 30.0), ('relay:clips:2', 'relay', None)]"
+
+
+def test_routes_from_a_toml_file(tmp_path: Path) -> None:
+    """The TOML form of docs/routing.md, read by `reelserve` from `REELSERVE_CONFIG`."""
+    import os
+    import subprocess
+    import sys
+
+    config = tmp_path / "reelserve.toml"
+    config.write_text(
+        """
+[google]
+api_keys = [{ key = "AIzaToml", id = "gemini-main" }]
+vertex = [{ project = "p", location = "us-central1", access_token = "ya29.t", id = "p" }]
+
+[[models]]
+id = "veo3.1-fast-official"
+durations = [4, 6, 8]
+resolution_durations = { "1080p" = [8], "4K" = [8] }
+routes = [
+  { provider = "google_veo", name = "gemini", options = { credentials = ["gemini-main"] } },
+  { provider = "google_veo", name = "vertex", max_wait = 5, options = { credentials = ["p"] } },
+]
+
+[models.options]
+upstream_model = "veo-3.1-fast-generate-preview"
+vertex_model = "veo-3.1-fast-generate-001"
+"""
+    )
+    script = (
+        "from reelserve.settings import Settings\n"
+        "from reelserve.providers.registry import build_providers\n"
+        "s = Settings()\n"
+        "m = s.model_map()['veo3.1-fast-official']\n"
+        "print([(r.name, r.max_wait) for r in m.resolved_routes()])\n"
+        "p = build_providers(s)\n"
+        "print(sorted(c.id for c in p['gemini'].pool.credentials),"
+        " sorted(c.backend for c in p['vertex'].pool.credentials))\n"
+    )
+    env = {**os.environ, "REELSERVE_CONFIG": str(config), "REELSERVE_DATA_DIR": str(tmp_path)}
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [
+        "[('gemini', None), ('vertex', 5.0)]",
+        "['gemini-main'] ['vertex']",
+    ]
 
 
 def test_a_test_key_runs_on_the_sandbox_route(gateway: tuple[LiveServer, str]) -> None:

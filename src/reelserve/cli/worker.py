@@ -102,9 +102,10 @@ async def _run_worker(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    available = set(service.providers)
-    if providers is not None and providers - available:
-        missing = ", ".join(sorted(providers - available))
+    available = set(service.providers)  # route names; a provider's name stands for its routes
+    kinds = {service.admission.routes.kinds.get(name, name) for name in available}
+    if providers is not None and providers - available - kinds:
+        missing = ", ".join(sorted(providers - available - kinds))
         err.print(f"[red]providers not available on this worker:[/] {missing}")
         raise typer.Exit(2)
     worker = Worker(

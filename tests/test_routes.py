@@ -137,6 +137,14 @@ def test_a_quota_at_submit_fails_over_to_the_next_route(
     failovers = metric(after, "reelserve_route_failovers_total", **labels)
     assert failovers == metric(before, "reelserve_route_failovers_total", **labels) + 1
     assert metric(after, "reelserve_route_attempts_total", route="vertex", outcome="completed") >= 1
+    assert (
+        metric(after, "reelserve_route_attempts_total", route="gemini", outcome="failed_over") >= 1
+    )
+    with live.client(key) as client:
+        usage = client.get("/v1/usage").json()["data"]
+    # The usage per route says which route served (and was paid for) the video.
+    assert {(r["model"], r["route"]) for r in usage["routes"]} >= {(FAST, "vertex")}
+    assert all(r["route"] != "gemini" or r["tasks"] == 0 for r in usage["routes"])
 
 
 def test_no_failover_once_an_operation_exists(

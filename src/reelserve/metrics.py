@@ -74,7 +74,7 @@ class Metrics:
         self.route_attempts = Counter(
             "reelserve_route_attempts",
             "Attempts at tasks this process ran, by model, route and outcome (completed, "
-            "failed, failed over, cancelled, released, lost)",
+            "failed, failed_over, cancelled, released, lost)",
             ["model", "route", "outcome"],
             registry=self.registry,
         )

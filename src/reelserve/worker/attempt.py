@@ -101,7 +101,7 @@ class Attempts:
         except ProviderError as exc:
             outcome = "failed"
             if exc.failover and ctx.can_fail_over and await self._fail_over(task, token, exc):
-                outcome = "failed over"
+                outcome = "failed_over"
             else:
                 code = exc.code
                 await queue.fail(task.id, token, exc.code, exc.message)

@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import httpx
 import numpy as np
@@ -74,18 +74,8 @@ class Upstream:
             "REELSERVE_PROGRESS_FLUSH_INTERVAL": "0.2",
             "REELSERVE_MODELS": json.dumps([TINY]),
         }
-        log = (self.root / f"b-{self.starts}.log").open("wb")
-        self.proc = subprocess.Popen(
-            [
-                sys.executable, "-m", "reelserve", "serve",
-                "--host", "127.0.0.1", "--port", str(self.port),
-                "--data-dir", str(self.data_dir), "--no-quickstart-key",
-                "--worker" if worker else "--no-worker", "--log-level", "warning",
-            ],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
+        with (self.root / f"b-{self.starts}.log").open("wb") as log:  # the child keeps its own
+            self.proc = self._spawn(worker, env, log)
         deadline = time.monotonic() + 60
         while True:
             assert self.proc.poll() is None, f"B exited: {self.log()}"
@@ -96,6 +86,19 @@ class Upstream:
                 pass
             assert time.monotonic() < deadline, f"B did not start: {self.log()}"
             time.sleep(0.05)
+
+    def _spawn(self, worker: bool, env: dict[str, str], log: IO[bytes]) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [
+                sys.executable, "-m", "reelserve", "serve",
+                "--host", "127.0.0.1", "--port", str(self.port),
+                "--data-dir", str(self.data_dir), "--no-quickstart-key",
+                "--worker" if worker else "--no-worker", "--log-level", "warning",
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
 
     def kill(self) -> None:
         """SIGKILL: no shutdown, leases left held, nothing flushed."""

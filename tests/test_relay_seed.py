@@ -412,3 +412,28 @@ def test_through_a_payment_required_fails_the_task(tmp_path: Path, upstream: Ups
     assert "refused the request for payment" in done["error"]["message"]
     assert "HTTP 402 payment_required" in done["error"]["message"]
     assert upstream.tasks(key_b) == []
+
+
+def test_through_a_a_refused_relay_fails_over_to_the_next(
+    tmp_path: Path, upstream: Upstream
+) -> None:
+    """Two relay routes: the first's key is over its budget on B (402 at create: nothing made
+    there), so the task moves on and completes on the second, which the answer names."""
+    broke = asyncio.run(upstream.mint(budget=0.5))
+    paying = asyncio.run(upstream.mint())
+    single = relay_entry("seed", upstream.url, None)
+    options = single.options
+    entry = ModelEntry(
+        **single.model_dump(exclude={"provider", "options", "routes"}, exclude_none=True),
+        routes=[
+            {"provider": "relay", "name": "b-broke", "options": {**options, "api_key": broke}},
+            {"provider": "relay", "name": "b-paid", "options": {**options, "api_key": paying}},
+        ],
+    )
+    with front(tmp_path, entry) as (a, key_a), a.client(key_a) as client:
+        task_id = submit(client, {"model": "relayed", "prompt": "failover", "duration": 1})
+        done = wait_task(client, task_id, timeout=90)
+    assert done["status"] == "completed", done
+    assert done["route"] == "b-paid"
+    assert upstream.tasks(broke) == []
+    assert len(upstream.tasks(paying)) == 1  # exactly one upstream task

@@ -187,16 +187,15 @@ def classify(exc: BaseException) -> Fault | None:
 
 
 class Http:
-    """The calls to one upstream: JSON requests on a kept-alive pool (polls are light GETs),
-    and creates on a fresh connection each (a pooled connection the upstream closed, when it
-    restarted, would make a create's outcome unknown; a fresh one that fails to connect
-    proves the create never left)."""
+    """The calls to one upstream. Each attempt at a task has its own client (`session`,
+    closed when the attempt ends: nothing outlives it, in any event loop), whose connection
+    its polls keep alive; creates go on a fresh connection each (a kept-alive connection that
+    the upstream closed, when it restarted, would make a create's outcome unknown; a fresh
+    one that fails to connect proves the create never left)."""
 
     def __init__(self, options: RelayOptions) -> None:
         self.options = options
         self.base = options.base_url
-        self._pool: httpx.AsyncClient | None = None
-        self._pool_loop: asyncio.AbstractEventLoop | None = None
 
     def url(self, path: str) -> str:
         return f"{self.base}{path}"
@@ -212,39 +211,34 @@ class Http:
     def _client(self, *, keepalive: bool) -> httpx.AsyncClient:
         return httpx.AsyncClient(
             timeout=httpx.Timeout(self.options.request_timeout),
-            limits=httpx.Limits(
-                max_connections=64 if keepalive else 1,
-                max_keepalive_connections=16 if keepalive else 0,
-            ),
+            limits=httpx.Limits(max_connections=2, max_keepalive_connections=1 if keepalive else 0),
             follow_redirects=False,
             trust_env=False,
         )
 
-    def pool(self) -> httpx.AsyncClient:
-        """The kept-alive client of the running event loop (one per loop)."""
-        loop = asyncio.get_running_loop()
-        if self._pool is None or self._pool_loop is not loop:
-            self._pool = self._client(keepalive=True)
-            self._pool_loop = loop
-        return self._pool
+    @contextlib.asynccontextmanager
+    async def session(self) -> AsyncIterator[httpx.AsyncClient]:
+        """One attempt's client (polls, downloads, cancels)."""
+        async with self._client(keepalive=True) as client:
+            yield client
 
     @contextlib.asynccontextmanager
     async def fresh(self) -> AsyncIterator[httpx.AsyncClient]:
+        """A client for one create: its own connection, closed after."""
         async with self._client(keepalive=False) as client:
             yield client
 
     async def call(
         self,
+        client: httpx.AsyncClient,
         method: str,
         path: str,
         *,
-        client: httpx.AsyncClient | None = None,
         headers: Mapping[str, str] | None = None,
         **kwargs: Any,
     ) -> Any:
         """One request; its JSON answer (None when empty), `UpstreamError` unless 2xx."""
-        http = client or self.pool()
-        response = await http.request(
+        response = await client.request(
             method, self.url(path), headers=self.headers(headers), **kwargs
         )
         if response.status_code >= 300:
@@ -262,7 +256,7 @@ class Http:
         a, b = urlsplit(url), urlsplit(self.base)
         return (a.scheme, a.hostname, a.port) == (b.scheme, b.hostname, b.port)
 
-    async def download(self, url: str, path: Path) -> None:
+    async def download(self, client: httpx.AsyncClient, url: str, path: Path) -> None:
         """Stream `url` into `path`, following redirects by hand: the key goes only to the
         upstream's own origin, never to a storage host a link or a redirect names."""
         url = urljoin(self.base + "/", url)
@@ -272,7 +266,7 @@ class Http:
             headers = self.headers({"Accept": "*/*"})
             if not self._same_origin(url):
                 headers.pop("Authorization", None)
-            async with self.pool().stream("GET", url, headers=headers) as response:
+            async with client.stream("GET", url, headers=headers) as response:
                 if response.is_redirect:
                     location = response.headers.get("location")
                     if not location:
@@ -327,6 +321,7 @@ class Run:
     state: dict[str, Any]
     deadline_at: float
     options: RelayOptions
+    client: httpx.AsyncClient  # this attempt's (`Http.session`)
     started: float = field(default_factory=time.monotonic)
 
     @property
@@ -379,7 +374,7 @@ class RelayProvider(ProviderBase, abc.ABC):
         """One poll of the upstream task."""
 
     @abc.abstractmethod
-    async def cancel(self, upstream_id: str) -> None:
+    async def cancel(self, run: Run, upstream_id: str) -> None:
         """Ask the upstream to stop the task (best effort)."""
 
     # -- run -------------------------------------------------------------------------------
@@ -394,23 +389,33 @@ class RelayProvider(ProviderBase, abc.ABC):
         deadline_at = float(state.get("deadline_at") or time.time() + self.options.deadline)
         state["deadline_at"] = deadline_at
         state.setdefault("idempotency_key", f"reelserve-{ctx.task_id}-{self.name}")
-        run = Run(spec=spec, ctx=ctx, state=state, deadline_at=deadline_at, options=self.options)
-        try:
-            if run.upstream_id is None:
-                await self._submit(run)
-            else:
-                log.info("task %s: resuming %s task %s", ctx.task_id, self.name, run.upstream_id)
-            upstream_id = run.upstream_id
-            assert upstream_id is not None
-            done = await self._poll(run, upstream_id)
-            return await self._collect(run, done)
-        except TaskCancelled:
-            await self._cancel_quietly(run)
-            raise
-        except ProviderError as exc:
-            if exc.code == ErrorCode.TIMEOUT.value:
-                await self._cancel_quietly(run)  # abandoned: stop paying for it upstream
-            raise
+        async with self.http.session() as client:
+            run = Run(
+                spec=spec,
+                ctx=ctx,
+                state=state,
+                deadline_at=deadline_at,
+                options=self.options,
+                client=client,
+            )
+            try:
+                if run.upstream_id is None:
+                    await self._submit(run)
+                else:
+                    log.info(
+                        "task %s: resuming %s task %s", ctx.task_id, self.name, run.upstream_id
+                    )
+                upstream_id = run.upstream_id
+                assert upstream_id is not None
+                done = await self._poll(run, upstream_id)
+                return await self._collect(run, done)
+            except TaskCancelled:
+                await self._cancel_quietly(run)
+                raise
+            except ProviderError as exc:
+                if exc.code == ErrorCode.TIMEOUT.value:
+                    await self._cancel_quietly(run)  # abandoned: stop paying for it upstream
+                raise
 
     async def _submit(self, run: Run) -> None:
         """Create the upstream task exactly once (module docstring) and checkpoint its id."""
@@ -630,7 +635,7 @@ class RelayProvider(ProviderBase, abc.ABC):
         while True:
             run.ctx.check_cancelled()
             try:
-                await self.http.download(url, path)
+                await self.http.download(run.client, url, path)
                 return
             except asyncio.CancelledError:
                 raise
@@ -670,7 +675,7 @@ class RelayProvider(ProviderBase, abc.ABC):
         if upstream_id is None:
             return
         try:
-            await asyncio.wait_for(self.cancel(upstream_id), CANCEL_TIMEOUT)
+            await asyncio.wait_for(self.cancel(run, upstream_id), CANCEL_TIMEOUT)
             log.info("task %s: cancelled %s task %s", run.ctx.task_id, self.name, upstream_id)
         except Exception as exc:  # best effort: the task's outcome is already decided
             log.warning(

@@ -147,7 +147,7 @@ class OpenAIRelay(RelayProvider):
         )
         async with self.http.fresh() as client:
             video = await self.http.call(
-                "POST", "/v1/videos", client=client, files=parts, headers={"Idempotency-Key": key}
+                client, "POST", "/v1/videos", files=parts, headers={"Idempotency-Key": key}
             )
         video_id = video.get("id") if isinstance(video, dict) else None
         if not isinstance(video_id, str) or not video_id:
@@ -158,8 +158,8 @@ class OpenAIRelay(RelayProvider):
         return video_id
 
     async def status(self, run: Run, upstream_id: str) -> Status:
-        video = await self.http.call("GET", f"/v1/videos/{upstream_id}")
+        video = await self.http.call(run.client, "GET", f"/v1/videos/{upstream_id}")
         return status_of(video, self.http.url(f"/v1/videos/{upstream_id}/content"))
 
-    async def cancel(self, upstream_id: str) -> None:
-        await self.http.call("DELETE", f"/v1/videos/{upstream_id}")
+    async def cancel(self, run: Run, upstream_id: str) -> None:
+        await self.http.call(run.client, "DELETE", f"/v1/videos/{upstream_id}")

@@ -155,16 +155,16 @@ class SeedRelay(RelayProvider):
         )
         async with self.http.fresh() as client:
             payload = await self.http.call(
+                client,
                 "POST",
                 "/v1/videos/generations",
-                client=client,
                 json=body,
                 headers={"Idempotency-Key": key},
             )
         return task_id_of(payload)
 
     async def status(self, run: Run, upstream_id: str) -> Status:
-        return status_of(await self.http.call("GET", f"/v1/tasks/{upstream_id}"))
+        return status_of(await self.http.call(run.client, "GET", f"/v1/tasks/{upstream_id}"))
 
-    async def cancel(self, upstream_id: str) -> None:
-        await self.http.call("POST", f"/v1/tasks/{upstream_id}/cancel", json={})
+    async def cancel(self, run: Run, upstream_id: str) -> None:
+        await self.http.call(run.client, "POST", f"/v1/tasks/{upstream_id}/cancel", json={})

@@ -287,6 +287,14 @@ def test_weighted_routes_share_new_tasks(google: FakeGoogle, tmp_path: Path) -> 
             # 3:1, dealt smoothly (never four of one in a row for a 3:1 split).
             assert chosen.count("gemini") == 6 and chosen.count("vertex") == 2
             assert "vertex" in chosen[:4] and "vertex" in chosen[4:]
+            # An estimate only looks: the deal goes on where the submits left it.
+            again = []
+            for _ in range(4):
+                estimate = client.post("/v1/videos/estimates", json=BODY)
+                assert estimate.status_code == 200, estimate.text
+                task_id = submit(client, BODY)
+                again.append(client.get(f"/v1/tasks/{task_id}").json()["data"]["route"])
+            assert again == chosen[:4]
             # A request one route cannot serve goes to the one that can: 4K is the Gemini
             # API's alone here (this Vertex project has no 4K).
             four_k = {**BODY, "resolution": "4K", "duration": 8}

@@ -91,14 +91,14 @@ class Admission:
                 return REMOTE_WORKERS
         return None
 
-    def route_for(self, key: ApiKey, spec: GenerationSpec) -> str:
+    def route_for(self, key: ApiKey, spec: GenerationSpec, *, deal: bool = True) -> str:
         """The route a task of this key and spec is queued on (`RoutePlan.choose`: the first
         that runs and serves it exactly as asked), or a 400 naming what to configure or the
         field no route serves."""
         if key.is_test:
             return SANDBOX
         try:
-            return self.routes.choose(spec).name
+            return self.routes.choose(spec, deal=deal).name
         except NoRoute:
             entry = self.models[spec.model]
             raise InvalidRequest(
@@ -108,15 +108,16 @@ class Admission:
                 param="model",
             ) from None
 
-    async def admit(self, key: ApiKey, body: object) -> Admitted:
-        """Parse and check a submit body (every refusal names its field)."""
+    async def admit(self, key: ApiKey, body: object, *, deal: bool = True) -> Admitted:
+        """Parse and check a submit body (every refusal names its field). `deal=False` (an
+        estimate) leaves the weighted routes' deal as it is."""
         spec = parse_generation_request(
             body, self.models, allow_http_webhooks=self.settings.allow_http_webhooks
         )
         entry = self.models[spec.model]
         # The upstream refuses some requests its model entry allows (Veo's backends): each
         # route checks the request against its own.
-        route = self.route_for(key, spec)
+        route = self.route_for(key, spec, deal=deal)
         await self.check_images(spec)
         if spec.webhook_url is not None:
             await self.check_webhook(key, spec.webhook_url)

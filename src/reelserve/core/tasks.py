@@ -145,18 +145,18 @@ class Tasks:
                 listener()
         return task
 
-    async def _admit(self, key: ApiKey, body: object) -> Admitted:
+    async def _admit(self, key: ApiKey, body: object, *, deal: bool = True) -> Admitted:
         require_tenant(key)
         named = body.get("model") if isinstance(body, dict) else None
         if isinstance(named, str) and named in self.admission.models:
             check_model(key, named)  # a 403 before any check of what the model can do
-        return await self.admission.admit(key, body)
+        return await self.admission.admit(key, body, deal=deal)
 
     async def estimate(self, key: ApiKey, body: object) -> dict[str, Any]:
         """`POST /v1/videos/estimates`: what a submit of `body` would reserve, and whether the
         key can afford it now. Checked exactly as a submit is (the same errors); queues and
         reserves nothing, and is not a submit for the rate limit."""
-        admitted = await self._admit(key, body)
+        admitted = await self._admit(key, body, deal=False)
         check_model(key, admitted.spec.model)
         estimate = self.pricing.estimate(admitted.spec)
         balance = await self.ledger.balance(key.id, estimate.currency)

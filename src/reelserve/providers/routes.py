@@ -74,10 +74,11 @@ class RoutePlan:
         index = next((r.index for r in routes if r.name == name), None)
         return index is not None and any(self.runnable(r) for r in routes[index + 1 :])
 
-    def choose(self, spec: GenerationSpec) -> Route:
+    def choose(self, spec: GenerationSpec, *, deal: bool = True) -> Route:
         """The route a new task of `spec` is queued on (the module docstring). Raises
         `NoRoute` when none runs, or the first route's refusal (a 400 naming the field) when
-        every route that runs refuses the request."""
+        every route that runs refuses the request. `deal=False` (an estimate) only looks:
+        the weighted deal stays where it is."""
         routes = [r for r in self.routes_of(spec.model) if self.runnable(r)]
         if not routes:
             raise NoRoute(spec.model)
@@ -102,7 +103,7 @@ class RoutePlan:
             group.append(route)
         if len(group) < 2:
             return admitted[0]
-        return self._deal(spec.model, group)
+        return self._deal(spec.model, group, deal)
 
     def next_after(self, model: str, name: str, spec: GenerationSpec) -> Route | None:
         """The route a task failed over from `name` goes to: the next one in order that runs
@@ -146,14 +147,17 @@ class RoutePlan:
         if found is not None:
             found.admit(spec)
 
-    def _deal(self, model: str, group: list[Route]) -> Route:
+    def _deal(self, model: str, group: list[Route], deal: bool) -> Route:
         """Smooth weighted round-robin: every route gains its weight, the richest is taken
-        and pays the total."""
+        and pays the total (only looked at, without `deal`)."""
         total = sum(float(r.weight or 0) for r in group)
         with self._lock:
-            for route in group:
-                key = (model, route.name)
-                self._credit[key] = self._credit.get(key, 0.0) + float(route.weight or 0)
-            best = max(group, key=lambda r: (self._credit[(model, r.name)], -r.index))
-            self._credit[(model, best.name)] -= total
+            credit = {
+                r.name: self._credit.get((model, r.name), 0.0) + float(r.weight or 0) for r in group
+            }
+            best = max(group, key=lambda r: (credit[r.name], -r.index))
+            if deal:
+                credit[best.name] -= total
+                for name, value in credit.items():
+                    self._credit[(model, name)] = value
         return best

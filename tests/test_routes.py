@@ -325,6 +325,12 @@ def test_route_settings_are_checked_at_startup(tmp_path: Path) -> None:
         )
     with pytest.raises(ValueError, match="expected a provider"):
         ModelEntry(id="m")
+    # Test keys' tasks of every model wait on the route "sandbox": it never overflows.
+    with pytest.raises(ValueError, match="where test keys' tasks run"):
+        ModelEntry(
+            id="m",
+            routes=[RouteEntry(provider="sandbox", max_wait=5), RouteEntry(provider="relay")],
+        )
     google = {"api_keys": [{"key": "AIzaStartup", "id": "gemini-a"}]}
     unknown = [{"provider": "google_veo", "options": {"credentials": ["gemini-b"]}}]
     settings = make_settings(tmp_path, google=google, models=routed(unknown))

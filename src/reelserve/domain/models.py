@@ -64,6 +64,7 @@ class ListPrice(BaseModel):
 # of its own; a relay is one upstream, so each relay route is its own instance.
 SHARED_PROVIDERS = ("sandbox", "google_veo", "diffusers")
 RELAY = "relay"
+TEST_KEYS_ROUTE = "sandbox"  # the route of every test key's task, whatever its model
 
 
 class RouteEntry(BaseModel):
@@ -172,7 +173,17 @@ class ModelEntry(BaseModel):
                     "relay) or a list of routes; got neither"
                 )
             self.provider = self.routes[0].provider
-        names = [route.name for route in self.resolved_routes()]
+        resolved = self.resolved_routes()
+        for route in resolved:
+            if route.name == TEST_KEYS_ROUTE and route.max_wait is not None:
+                # Test keys' tasks of every model run on the route "sandbox": an overflow of
+                # it would send them to a paid route.
+                raise ValueError(
+                    f"model {self.id!r}: the route named {TEST_KEYS_ROUTE!r} is where test "
+                    "keys' tasks run, so it cannot overflow (max_wait); give the route "
+                    "another name"
+                )
+        names = [route.name for route in resolved]
         for name in names:
             if names.count(name) > 1:
                 raise ValueError(

@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from reelserve.domain.errors import InvalidRequest
-from reelserve.domain.models import ModelEntry, Route
+from reelserve.domain.models import TEST_KEYS_ROUTE, ModelEntry, Route
 from reelserve.domain.spec import GenerationSpec
 from reelserve.providers.base import Capabilities
 
@@ -70,6 +70,8 @@ class RoutePlan:
     def has_next(self, model: str, name: str) -> bool:
         """The model has a route after `name` that runs (the failover's target, if it admits
         the task)."""
+        if name == TEST_KEYS_ROUTE:
+            return False  # a test key's task never leaves the sandbox
         routes = self.routes_of(model)
         index = next((r.index for r in routes if r.name == name), None)
         return index is not None and any(self.runnable(r) for r in routes[index + 1 :])
@@ -110,7 +112,7 @@ class RoutePlan:
         and admits it, or None."""
         routes = self.routes_of(model)
         index = next((r.index for r in routes if r.name == name), None)
-        if index is None:
+        if index is None or name == TEST_KEYS_ROUTE:
             return None
         for route in routes[index + 1 :]:
             if not self.runnable(route):
@@ -138,7 +140,7 @@ class RoutePlan:
         out: list[Spill] = []
         for model, routes in self.routes.items():
             for route, after in itertools.pairwise(routes):
-                if route.max_wait is not None:
+                if route.max_wait is not None and route.name != TEST_KEYS_ROUTE:
                     out.append(Spill(model, route.name, after.name, route.max_wait))
         return out
 

@@ -40,6 +40,12 @@ def build_providers(settings: Settings) -> dict[str, Provider]:
         from reelserve.providers.diffusers.catalog import prepare_local_models
 
         models = prepare_local_models(local)
+        # The sizes each resolution renders at and the model's details, as `GET /v1/models`
+        # and the submit checks show them: the model's own entry takes them from its route.
+        declared = settings.model_map()
+        for model_id, prepared in models.items():
+            declared[model_id].sizes = dict(prepared.entry.sizes)
+            declared[model_id].details = dict(prepared.entry.details)
         if _local_runtime_installed():
             from reelserve.providers.diffusers.provider import DiffusersProvider
 

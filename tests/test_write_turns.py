@@ -1,15 +1,19 @@
 """Turns at SQLite's write lock within one process (store/db.py, issue 11 point 4): a client's
 write goes before the worker's background writes that wait with it, each line first come first
-served, and a writer that gives up while waiting passes its turn on."""
+served, a writer that gives up while waiting passes its turn on, and a group commit holding the
+lock lets a waiting client go first."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from reelserve.store.db import WriteTurns, background_writes, begin_write, create_engine
+from reelserve.store.groups import WriteGroups
 
 
 async def test_a_client_write_goes_before_waiting_background_writes() -> None:
@@ -76,4 +80,42 @@ async def test_background_writes_wait_behind_client_writes_on_a_real_database(
     async with engine.connect() as conn:
         count = (await conn.execute(sa.text("SELECT count(*) FROM t"))).scalar_one()
     assert count == 21
+    await engine.dispose()
+
+
+async def test_a_group_commit_lets_a_waiting_client_write_go_first(tmp_path: Path) -> None:
+    """A group of background writes (store/groups.py) holding the lock commits what it has
+    done as soon as a client's write waits, and runs the rest after it: a submit waits for one
+    write of the group, not for all 64 of them."""
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}")
+    async with engine.begin() as conn:
+        await conn.execute(
+            sa.text("CREATE TABLE t (n INTEGER PRIMARY KEY AUTOINCREMENT, who TEXT)")
+        )
+    groups = WriteGroups(engine)
+    started = asyncio.Event()
+
+    def insert(who: str) -> Callable[[AsyncConnection], Awaitable[int]]:
+        async def write(conn: AsyncConnection) -> int:
+            started.set()
+            await conn.execute(sa.text("INSERT INTO t (who) VALUES (:w)"), {"w": who})
+            await asyncio.sleep(0.01)  # a write that takes a while (a busy event loop)
+            return 1
+
+        return write
+
+    async def worker() -> list[int]:
+        background_writes()
+        return await asyncio.gather(*(groups.run(insert(f"bg{i}")) for i in range(40)))
+
+    background = asyncio.create_task(worker())
+    await started.wait()  # the first group holds the lock
+    async with begin_write(engine) as conn:
+        await conn.execute(sa.text("INSERT INTO t (who) VALUES ('client')"))
+    assert await background == [1] * 40  # every write ran, each with its own result
+    async with engine.connect() as conn:
+        order = [w for (w,) in await conn.execute(sa.text("SELECT who FROM t ORDER BY n"))]
+    assert len(order) == 41
+    assert order.index("client") <= 2, order  # after the write in progress, not after 40
+    assert groups.groups >= 2  # the group was cut short and the rest ran as a second one
     await engine.dispose()

@@ -74,6 +74,11 @@ class WriteTurns:
                     line.remove(turn)
             raise
 
+    @property
+    def clients_waiting(self) -> bool:
+        """A client's write waits in line (a background writer should let it go first)."""
+        return any(not turn.done() for turn in self._lines[0])
+
     def release(self) -> None:
         for line in self._lines:
             while line:
@@ -125,6 +130,19 @@ async def begin_write(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
             yield conn
     finally:
         turns.release()
+
+
+def clients_waiting(engine: AsyncEngine) -> bool:
+    """A client's write (a submit, a cancel) waits for this process's turn at SQLite's write
+    lock (`WriteTurns`): a background writer holding it commits what it has done and lets the
+    client go first. Always false on PostgreSQL, whose writers do not take turns."""
+    per_loop = _TURNS.get(engine.sync_engine)
+    if not per_loop:
+        return False
+    with contextlib.suppress(RuntimeError):
+        turns = per_loop.get(asyncio.get_running_loop())
+        return turns is not None and turns.clients_waiting
+    return False
 
 
 def _alembic_config(connection: sa.Connection) -> Config:

@@ -6,8 +6,10 @@ upstream operations ends). One transaction each means one turn at SQLite's singl
 each, and a client's submit waiting behind all of them. Here a write is queued and run by one
 flusher per process with the others queued at the same moment, up to `MAX_GROUP` per
 transaction, so a burst of a thousand takes a few dozen turns and a submit waits for one group
-at most. Each write keeps its own statement and its own outcome (the fenced updates read their
-row counts one by one). If a group fails, its writes are run again one transaction each, so a
+at most; and where a client's write (a submit) starts waiting while a group holds SQLite's lock,
+the group commits what it has done and lets the client go first, the rest running after it.
+Each write keeps its own statement and its own outcome (the fenced updates read their row
+counts one by one). If a group fails, its writes are run again one transaction each, so a
 bad write fails alone.
 """
 
@@ -21,7 +23,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from reelserve.store.db import begin_write
+from reelserve.store.db import begin_write, clients_waiting
 
 log = logging.getLogger("reelserve.store")
 T = TypeVar("T")
@@ -63,9 +65,15 @@ class WriteGroups:
                 await self._run_group(group)
 
     async def _run_group(self, group: list[tuple[Write, asyncio.Future[Any]]]) -> None:
+        results: list[Any] = []
         try:
             async with begin_write(self.engine) as conn:
-                results = [await write(conn) for write, _ in group]
+                for write, _ in group:
+                    results.append(await write(conn))
+                    if len(results) < len(group) and clients_waiting(self.engine):
+                        # A client's write waits for the lock (SQLite): commit what is done
+                        # and let it go first; the rest of the group runs next.
+                        break
             self.groups += 1
         except Exception as exc:
             if len(group) == 1:
@@ -75,7 +83,9 @@ class WriteGroups:
             for one in group:
                 await self._run_group([one])
             return
-        for (_, future), result in zip(group, results, strict=True):
+        if len(results) < len(group):
+            self._pending[:0] = group[len(results) :]
+        for (_, future), result in zip(group, results, strict=False):
             _settle(future, result=result)
 
 

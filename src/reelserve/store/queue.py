@@ -265,6 +265,7 @@ class TaskQueue(TaskClaims, TaskReads, TaskMaintenance):
         return True, bool(row[0])
 
     HEARTBEAT_CHUNK = 2000  # leases renewed per statement (bound parameters stay few)
+    SQLITE_HEARTBEAT_CHUNK = 200  # and per transaction on SQLite (the write lock held briefly)
 
     async def heartbeat_many(
         self,
@@ -282,22 +283,23 @@ class TaskQueue(TaskClaims, TaskReads, TaskMaintenance):
         now = time.time()
         owned: dict[str, bool] = {}
         wanted = dict((token, task_id) for task_id, token in leases)
-        async with begin_write(self.engine) as conn:
-            for start in range(0, len(leases), self.HEARTBEAT_CHUNK):
-                chunk = leases[start : start + self.HEARTBEAT_CHUNK]
-                rows = await conn.execute(
-                    tasks.update()
-                    .where(
-                        tasks.c.id.in_({task_id for task_id, _ in chunk}),
-                        tasks.c.lease_owner.in_({token for _, token in chunk}),
-                        tasks.c.status == PROCESSING,
-                    )
-                    .values(lease_expires_at=now + lease_seconds, updated_at=now)
-                    .returning(tasks.c.id, tasks.c.lease_owner, tasks.c.cancel_requested)
+
+        async def renew(conn: AsyncConnection, chunk: Sequence[tuple[str, str]]) -> None:
+            rows = await conn.execute(
+                tasks.update()
+                .where(
+                    tasks.c.id.in_({task_id for task_id, _ in chunk}),
+                    tasks.c.lease_owner.in_({token for _, token in chunk}),
+                    tasks.c.status == PROCESSING,
                 )
-                for task_id, owner, cancel in rows:
-                    if wanted.get(owner) == task_id:  # a token belongs to one attempt
-                        owned[owner] = bool(cancel)
+                .values(lease_expires_at=now + lease_seconds, updated_at=now)
+                .returning(tasks.c.id, tasks.c.lease_owner, tasks.c.cancel_requested)
+            )
+            for task_id, owner, cancel in rows:
+                if wanted.get(owner) == task_id:  # a token belongs to one attempt
+                    owned[owner] = bool(cancel)
+
+        async def raise_progress(conn: AsyncConnection) -> None:
             changed = [
                 {"task_id": wanted[token], "token": token, "pct": pct}
                 for token, pct in (progress or {}).items()
@@ -311,6 +313,23 @@ class TaskQueue(TaskClaims, TaskReads, TaskMaintenance):
                     ),
                     changed,
                 )
+
+        size = self.HEARTBEAT_CHUNK if self.is_postgres else self.SQLITE_HEARTBEAT_CHUNK
+        chunks = [leases[start : start + size] for start in range(0, len(leases), size)]
+        if self.is_postgres:
+            async with begin_write(self.engine) as conn:
+                for chunk in chunks:
+                    await renew(conn, chunk)
+                await raise_progress(conn)
+            return owned
+        # SQLite: a transaction per chunk, so that a client's write waiting for the one write
+        # lock (a submit) goes between two chunks instead of after a thousand leases.
+        for chunk in chunks:
+            async with begin_write(self.engine) as conn:
+                await renew(conn, chunk)
+        if progress:
+            async with begin_write(self.engine) as conn:
+                await raise_progress(conn)
         return owned
 
     async def flush_progress(self, progress: Mapping[str, tuple[str, int]]) -> None:
@@ -342,11 +361,22 @@ class TaskQueue(TaskClaims, TaskReads, TaskMaintenance):
     async def checkpoint(self, task_id: str, token: str, state: dict[str, Any]) -> bool:
         return await self._write_fenced(task_id, token, checkpoint=state, updated_at=time.time())
 
-    async def complete(self, task_id: str, token: str, result: TaskResult) -> bool:
-        """Completed, and its reservation settled to the videos delivered (store/ledger.py)."""
+    async def complete(
+        self,
+        task_id: str,
+        token: str,
+        result: TaskResult,
+        *,
+        also: Sequence[sa.Executable] = (),
+    ) -> bool:
+        """Completed, and its reservation settled to the videos delivered (store/ledger.py);
+        `also` (the task's usage row) runs in the same transaction, only when the task was
+        completed by this call."""
 
         async def settle(conn: AsyncConnection) -> None:
             await ledger.settle(conn, task_id, len(result.videos))
+            for statement in also:
+                await conn.execute(statement)
 
         return await self._finish(
             task_id, token, COMPLETED, settle, progress=100, result=result.to_json()

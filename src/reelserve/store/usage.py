@@ -55,6 +55,13 @@ class UsageStore:
 
     async def record(self, row: UsageRecord, *, at: float | None = None) -> bool:
         """Insert a task's row unless it exists. Returns whether this call inserted it."""
+        async with begin_write(self.engine) as conn:
+            result = await conn.execute(self.insert(row, at=at))
+        return bool(result.rowcount)
+
+    def insert(self, row: UsageRecord, *, at: float | None = None) -> sa.Insert:
+        """The statement that inserts a task's row unless it exists (for a transaction of the
+        caller's: a completion writes it with the task's final state, TaskQueue.complete)."""
         values: dict[str, Any] = {
             "task_id": row.task_id,
             "api_key_id": row.api_key_id,
@@ -69,16 +76,11 @@ class UsageStore:
             "recorded_at": time.time() if at is None else at,
         }
         dialect = self.engine.dialect.name
-        stmt: Any
         if dialect == "postgresql":
-            stmt = postgresql.insert(usage).values(**values).on_conflict_do_nothing()
-        elif dialect == "sqlite":
-            stmt = sqlite.insert(usage).values(**values).on_conflict_do_nothing()
-        else:  # pragma: no cover - the store supports SQLite and PostgreSQL only
-            raise RuntimeError(f"unsupported database dialect {dialect}")
-        async with begin_write(self.engine) as conn:
-            result = await conn.execute(stmt)
-        return bool(result.rowcount)
+            return postgresql.insert(usage).values(**values).on_conflict_do_nothing()
+        if dialect == "sqlite":
+            return sqlite.insert(usage).values(**values).on_conflict_do_nothing()
+        raise RuntimeError(f"unsupported database dialect {dialect}")  # pragma: no cover
 
     async def get(self, task_id: str) -> UsageRecord | None:
         async with self.engine.connect() as conn:

@@ -31,7 +31,7 @@ from reelserve.providers.base import Clip, InputImages, ProviderError, TaskCance
 from reelserve.store.queue import TaskRecord
 from reelserve.worker.context import LeaseLost, TaskContext, WorkerShutdown
 from reelserve.worker.parts import WorkerParts
-from reelserve.worker.results import record_usage, store_results
+from reelserve.worker.results import store_results, usage_row
 from reelserve.worker.timers import Timers
 
 log = logging.getLogger("reelserve.worker")
@@ -149,8 +149,8 @@ class Attempts:
         result = await store_results(self.parts, task, clips, ctx.withheld)
         ctx.check_cancelled()
         usage = provider.usage(spec, ctx.resume_state, len(clips))
-        await record_usage(self.parts, task, usage, result)
-        if not await self.parts.queue.complete(task.id, ctx.token, result):
+        row = self.parts.usage.insert(usage_row(task, usage, result))
+        if not await self.parts.queue.complete(task.id, ctx.token, result, also=[row]):
             return "lost"
         self.completed += 1
         return "completed"

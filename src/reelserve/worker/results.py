@@ -56,12 +56,10 @@ async def store_results(
     )
 
 
-async def record_usage(
-    parts: WorkerParts, task: TaskRecord, usage: Usage, result: TaskResult
-) -> None:
-    """The task's usage row, written just before it is marked completed (store/usage.py
-    counts completed tasks only). A failed write is logged, never fails a finished video."""
-    row = UsageRecord(
+def usage_row(task: TaskRecord, usage: Usage, result: TaskResult) -> UsageRecord:
+    """The task's usage row, written with its completion (`TaskQueue.complete`: one
+    transaction, so a task is never completed without it, nor counted without completing)."""
+    return UsageRecord(
         task_id=task.id,
         api_key_id=task.api_key_id,
         model=task.model,
@@ -73,7 +71,3 @@ async def record_usage(
         currency=usage.currency,
         credential=usage.credential,
     )
-    try:
-        await parts.usage.record(row)
-    except Exception:
-        log.exception("task %s: recording its usage failed", task.id)

@@ -193,12 +193,23 @@ def run_one(label: str, src: Path, args: argparse.Namespace, fake: SpreadFake) -
         if minted.returncode != 0:
             raise RuntimeError(f"{label}: keys create failed: {minted.stderr[-2000:]}")
         key = minted.stdout.split()[-1]
+        serve_args = ["serve", "--port", str(port), "--no-quickstart-key", "--log-level", "warning"]
+        if args.worker_process:
+            serve_args.append("--no-worker")
         server = subprocess.Popen(
-            [*py, "serve", "--port", str(port), "--no-quickstart-key", "--log-level", "warning"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            [*py, *serve_args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
+        # `--worker-process`: the tasks run in a `reelserve worker` of their own, and the API
+        # process only answers (the deployment of docs/deploy.md); the worker's CPU and RSS
+        # are the figures of the polling.
+        worker = (
+            subprocess.Popen(
+                [*py, "worker"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+            if args.worker_process
+            else None
+        )
+        measured = worker if worker is not None else server
         base = f"http://127.0.0.1:{port}"
         headers = {"Authorization": f"Bearer {key}"}
 
@@ -245,7 +256,8 @@ def run_one(label: str, src: Path, args: argparse.Namespace, fake: SpreadFake) -
                     time.sleep(0.05)
 
             prober = threading.Thread(target=probe, daemon=True)
-            cpu_start, at_start = _cpu_seconds(server.pid), time.monotonic()
+            cpu_start, at_start = _cpu_seconds(measured.pid), time.monotonic()
+            api_cpu_start = _cpu_seconds(server.pid)
             commits_start = _commits(db, args.database)
             prober.start()
             # Only polling: from a second after the last submit until shortly before the first
@@ -256,25 +268,26 @@ def run_one(label: str, src: Path, args: argparse.Namespace, fake: SpreadFake) -
             if window_end - time.monotonic() > 3:
                 time.sleep(1)
                 c0, w0, k0 = (
-                    _cpu_seconds(server.pid),
+                    _cpu_seconds(measured.pid),
                     time.monotonic(),
                     _commits(db, args.database),
                 )
                 time.sleep(max(0.0, window_end - time.monotonic()))
                 span = time.monotonic() - w0
-                polling_cores = (_cpu_seconds(server.pid) - c0) / span
+                polling_cores = (_cpu_seconds(measured.pid) - c0) / span
                 polling_commits = (_commits(db, args.database) - k0) / span
             rss = 0.0
             done_wait = time.monotonic() + args.timeout
             while _unfinished(db, n) > 0:
-                rss = max(rss, _rss_mb(server.pid))
+                rss = max(rss, _rss_mb(measured.pid))
                 if time.monotonic() > done_wait:
                     raise RuntimeError(f"{label}: tasks still unfinished after {args.timeout}s")
                 time.sleep(0.5)
             stop.set()
             prober.join()
             elapsed = time.monotonic() - at_start
-            cores = (_cpu_seconds(server.pid) - cpu_start) / elapsed
+            cores = (_cpu_seconds(measured.pid) - cpu_start) / elapsed
+            api_cores = (_cpu_seconds(server.pid) - api_cpu_start) / elapsed
             commits = (_commits(db, args.database) - commits_start) / elapsed
             lags = _lags(db, fake, ids)
             failed = _count(db, "failed")
@@ -284,9 +297,12 @@ def run_one(label: str, src: Path, args: argparse.Namespace, fake: SpreadFake) -
             ):
                 print(f"  {label}: {count} failed with {code}: {message}", flush=True)
         finally:
-            server.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                server.wait(timeout=30)
+            for process in (worker, server):
+                if process is None:
+                    continue
+                process.terminate()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.wait(timeout=30)
     return {
         "tasks": n,
         "failed": failed,
@@ -297,6 +313,7 @@ def run_one(label: str, src: Path, args: argparse.Namespace, fake: SpreadFake) -
         "cores_polling": polling_cores,
         "commits_per_s_polling": polling_commits,
         "cores_whole_run": cores,
+        "api_cores_whole_run": api_cores if worker is not None else float("nan"),
         "commits_per_s_whole_run": commits,
         "rss_mb": rss,
         "probe_submit_p50_ms": 1000 * _pct(probe_submits, 0.5),
@@ -362,6 +379,12 @@ def main() -> None:
         "--baseline-path",
         help="more import paths for the baseline (e.g. a `pip install --target` of the "
         "packages an older release needed, such as google-genai 2.x)",
+    )
+    parser.add_argument(
+        "--worker-process",
+        action="store_true",
+        help="run the tasks in a `reelserve worker` process beside `reelserve serve --no-worker` "
+        "(cores and RSS are then the worker's)",
     )
     parser.add_argument("--timeout", type=float, default=1800)
     args = parser.parse_args()

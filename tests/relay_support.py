@@ -325,3 +325,10 @@ def dropping_upstream() -> Iterator[tuple[str, list[bytes]]]:
         stop.set()
         thread.join(timeout=10)
         listener.close()
+
+
+def workdir(tmp_path: Path, name: str = "work") -> Path:
+    """A provider's work directory under `tmp_path` (the worker makes one per attempt)."""
+    path = tmp_path / name
+    path.mkdir(exist_ok=True)
+    return path

@@ -271,6 +271,26 @@ async def test_grouped_writes_keep_each_fence(queue: TaskQueue) -> None:
         assert task.checkpoint == ({"i": i} if i % 2 == 0 else None)
 
 
+async def test_renewals_beside_grouped_writes_never_deadlock(queue: TaskQueue) -> None:
+    """On PostgreSQL a lease renewal and a group of writes each lock many task rows: both lock
+    them in task id order, so they never deadlock (a renewal that did failed, and a worker
+    with ten thousand tasks lost their leases). Here every round renews all leases while the
+    tasks' checkpoints and a progress flush arrive in the reverse order."""
+    ids = [await _submit(queue) for _ in range(200)]
+    claimed = await queue.claim_many("d:", 200, lease_seconds=30, max_attempts=3)
+    assert len(claimed) == 200
+    leases = [(tid, f"d:{tid}") for tid in ids]
+    for round_ in range(5):
+        writes = [queue.checkpoint(tid, f"d:{tid}", {"round": round_}) for tid in reversed(ids)]
+        flush = queue.flush_progress({f"d:{tid}": (tid, round_ + 1) for tid in reversed(ids)})
+        renewal = queue.heartbeat_many(list(reversed(leases)), lease_seconds=30)
+        *written, _, owned = await asyncio.gather(*writes, flush, renewal)
+        assert written == [True] * 200
+        assert len(owned) == 200
+    task = await queue.get(ids[0])
+    assert task is not None and task.checkpoint == {"round": 4} and task.progress == 5
+
+
 async def test_progress_flush_is_fenced_and_cancel_requests_are_one_read(
     queue: TaskQueue,
 ) -> None:

@@ -34,6 +34,7 @@ from tests.relay_support import (
     picture,
     png,
     relay_entry,
+    workdir,
 )
 from tests.support import LiveServer, make_settings, submit, wait_task
 
@@ -45,12 +46,6 @@ def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstream]:
         yield b
     finally:
         b.stop()
-
-
-def _workdir(tmp_path: Path, name: str = "work") -> Path:
-    path = tmp_path / name
-    path.mkdir(exist_ok=True)
-    return path
 
 
 def test_the_form_is_the_facade_inverse() -> None:
@@ -79,7 +74,7 @@ def test_the_form_is_the_facade_inverse() -> None:
 async def test_text_to_video_completes_on_the_facade(tmp_path: Path, upstream: Upstream) -> None:
     key = await upstream.mint()
     provider = build_relay("relay:b-openai", relay_entry("openai", upstream.url + "/v1", key))
-    ctx = RelayContext(_workdir(tmp_path))
+    ctx = RelayContext(workdir(tmp_path))
     (clip,) = await provider.run(make_spec(duration=2), ctx)
     info = probe_video(clip.path)
     assert (info.width, info.height, round(info.duration)) == (W, H, 2)
@@ -96,9 +91,7 @@ async def test_image_to_video_uploads_the_reference(tmp_path: Path, upstream: Up
     provider = build_relay("relay:b-openai", relay_entry("openai", upstream.url, key))
     image = picture()
     spec = make_spec(mode="i2v", first_frame_image="https://unreachable.invalid/first.png")
-    ctx = RelayContext(
-        _workdir(tmp_path), images=InputImages(first_bytes=(png(image), "image/png"))
-    )
+    ctx = RelayContext(workdir(tmp_path), images=InputImages(first_bytes=(png(image), "image/png")))
     (clip,) = await provider.run(spec, ctx)
     assert mad(next(decode_frames(clip.path)), image) < 6
 
@@ -109,7 +102,7 @@ async def test_a_create_of_unknown_outcome_is_not_sent_again(
     key = await upstream.mint()
     provider = build_relay("relay:b-openai", relay_entry("openai", upstream.url, key))
     ctx = RelayContext(
-        _workdir(tmp_path),
+        workdir(tmp_path),
         resume_state={"phase": "submitting", "idempotency_key": "k"},
         can_fail_over=True,
     )
@@ -138,7 +131,7 @@ async def test_a_refused_create_maps_and_may_fail_over(tmp_path: Path, upstream:
     key = await upstream.mint()
     entry = relay_entry("openai", upstream.url, key, model="nope")
     provider = build_relay("relay:b-openai", entry)
-    ctx = RelayContext(_workdir(tmp_path), can_fail_over=True)
+    ctx = RelayContext(workdir(tmp_path), can_fail_over=True)
     with pytest.raises(ProviderError) as raised:
         await provider.run(make_spec(), ctx)
     assert "relay:b-openai (OpenAI-style API at http://127.0.0.1:" in raised.value.message
@@ -146,7 +139,7 @@ async def test_a_refused_create_maps_and_may_fail_over(tmp_path: Path, upstream:
     assert raised.value.failover is True
     wrong_key = build_relay("relay:b-openai", relay_entry("openai", upstream.url, "rs_nope"))
     with pytest.raises(ProviderError) as raised:
-        await wrong_key.run(make_spec(), RelayContext(_workdir(tmp_path, "k")))
+        await wrong_key.run(make_spec(), RelayContext(workdir(tmp_path, "k")))
     assert "refused this server's API key" in raised.value.message
     assert raised.value.failover is False  # no next route in this context
 
@@ -156,7 +149,7 @@ async def test_cancel_reaches_the_upstream_video(tmp_path: Path) -> None:
     try:
         key = await b.mint()
         provider = build_relay("relay:b-openai", relay_entry("openai", b.url, key))
-        ctx = RelayContext(_workdir(tmp_path))
+        ctx = RelayContext(workdir(tmp_path))
         job = asyncio.ensure_future(provider.run(make_spec(), ctx))
         await ctx.until_polling(job)
         ctx.cancel()

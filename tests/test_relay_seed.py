@@ -36,6 +36,7 @@ from tests.relay_support import (
     picture,
     png,
     relay_entry,
+    workdir,
 )
 from tests.support import LiveServer, free_port, make_settings, submit, wait_task
 
@@ -57,12 +58,6 @@ def stopped(b: Upstream) -> Iterator[Upstream]:
         yield b
     finally:
         b.stop()
-
-
-def _workdir(tmp_path: Path, name: str = "work") -> Path:
-    path = tmp_path / name
-    path.mkdir(exist_ok=True)
-    return path
 
 
 # -- options ---------------------------------------------------------------------------------
@@ -119,7 +114,7 @@ def test_defaults_and_the_provider_seam() -> None:
 async def test_text_to_video_completes_with_b_video(tmp_path: Path, upstream: Upstream) -> None:
     key = await upstream.mint()
     provider = build_relay("relay:b", relay_entry("seed", upstream.url, key))
-    ctx = RelayContext(_workdir(tmp_path))
+    ctx = RelayContext(workdir(tmp_path))
     clips = await provider.run(make_spec(duration=2, seed=5), ctx)
 
     (clip,) = clips
@@ -139,9 +134,7 @@ async def test_image_to_video_sends_the_fetched_bytes(tmp_path: Path, upstream: 
     provider = build_relay("relay:b", relay_entry("seed", upstream.url, key))
     image = picture()
     spec = make_spec(mode="i2v", first_frame_image="https://unreachable.invalid/first.png")
-    ctx = RelayContext(
-        _workdir(tmp_path), images=InputImages(first_bytes=(png(image), "image/png"))
-    )
+    ctx = RelayContext(workdir(tmp_path), images=InputImages(first_bytes=(png(image), "image/png")))
     (clip,) = await provider.run(spec, ctx)
     first = next(decode_frames(clip.path))
     assert first.shape == (H, W, 3)
@@ -155,7 +148,7 @@ async def test_b_killed_and_restarted_mid_task(tmp_path: Path) -> None:
         b.start(worker=False)  # B queues the task and holds it pending: mid-task for sure
         key = await b.mint()
         provider = build_relay("relay:b", relay_entry("seed", b.url, key))
-        ctx = RelayContext(_workdir(tmp_path))
+        ctx = RelayContext(workdir(tmp_path))
         job = asyncio.ensure_future(provider.run(make_spec(), ctx))
         await ctx.until_polling(job)
         await asyncio.to_thread(b.kill)
@@ -181,12 +174,12 @@ async def test_a_create_of_unknown_outcome_goes_again_under_its_key(
     sends it again with the same Idempotency-Key, and B answers with the same task."""
     key = await upstream.mint()
     provider = build_relay("relay:b", relay_entry("seed", upstream.url, key))
-    first = RelayContext(_workdir(tmp_path, "one"))
+    first = RelayContext(workdir(tmp_path, "one"))
     await provider.run(make_spec(), first)
     submitting = first.checkpoints[0]
     assert submitting["phase"] == "submitting"
 
-    resumed = RelayContext(_workdir(tmp_path, "two"), resume_state=submitting, can_fail_over=True)
+    resumed = RelayContext(workdir(tmp_path, "two"), resume_state=submitting, can_fail_over=True)
     resumed.task_id = first.task_id
     (clip,) = await provider.run(make_spec(), resumed)
     assert probe_video(clip.path).height == H
@@ -201,7 +194,7 @@ async def test_unknown_outcome_without_idempotency_fails_clearly(
     key = await upstream.mint()
     provider = build_relay("relay:b", relay_entry("seed", upstream.url, key, idempotent=False))
     ctx = RelayContext(
-        _workdir(tmp_path),
+        workdir(tmp_path),
         resume_state={"phase": "submitting", "idempotency_key": "k-1"},
         can_fail_over=True,
     )
@@ -223,7 +216,7 @@ async def test_payment_required_is_mapped(
 ) -> None:
     key = await upstream.mint(budget=0.5)  # a 1-second video of `tiny` costs 1.0
     provider = build_relay("relay:b", relay_entry("seed", upstream.url, key))
-    ctx = RelayContext(_workdir(tmp_path), can_fail_over=can_fail_over)
+    ctx = RelayContext(workdir(tmp_path), can_fail_over=can_fail_over)
     with pytest.raises(ProviderError) as raised:
         await provider.run(make_spec(), ctx)
     error = raised.value
@@ -246,7 +239,7 @@ async def test_rate_limit_fails_after_the_retries_the_options_allow(
 
     # No retries: the 429 fails the task at once, mapped, and may fail over.
     none = build_relay("relay:b", relay_entry("seed", upstream.url, key, rate_limit_retries=0))
-    ctx = RelayContext(_workdir(tmp_path, "none"), can_fail_over=True)
+    ctx = RelayContext(workdir(tmp_path, "none"), can_fail_over=True)
     with pytest.raises(ProviderError) as raised:
         await none.run(make_spec(), ctx)
     assert "is rate limiting this server's key (HTTP 429 rate_limit_error" in raised.value.message
@@ -258,7 +251,7 @@ async def test_rate_limit_fails_after_the_retries_the_options_allow(
         "relay:b",
         relay_entry("seed", upstream.url, key, rate_limit_retries=5, max_retry_after=2),
     )
-    ctx = RelayContext(_workdir(tmp_path, "patient"), can_fail_over=False)
+    ctx = RelayContext(workdir(tmp_path, "patient"), can_fail_over=False)
     with pytest.raises(ProviderError) as raised:
         await patient.run(make_spec(), ctx)
     assert "more than max_retry_after (2 s)" in raised.value.message
@@ -270,7 +263,7 @@ async def test_an_upstream_that_is_down_fails_over(tmp_path: Path) -> None:
     """Nothing listens on the port: every try is refused, so nothing exists upstream."""
     entry = relay_entry("seed", f"http://127.0.0.1:{free_port()}", "key", retries=2)
     provider = build_relay("relay:down", entry)
-    ctx = RelayContext(_workdir(tmp_path), can_fail_over=True)
+    ctx = RelayContext(workdir(tmp_path), can_fail_over=True)
     with pytest.raises(ProviderError) as raised:
         await provider.run(make_spec(), ctx)
     assert raised.value.failover is True
@@ -287,7 +280,7 @@ async def test_a_create_of_unknown_outcome_never_fails_over(
     with dropping_upstream() as (url, heads):
         entry = relay_entry("seed", url, "key", idempotent=idempotent, retries=1)
         provider = build_relay("relay:drop", entry)
-        ctx = RelayContext(_workdir(tmp_path), can_fail_over=True)
+        ctx = RelayContext(workdir(tmp_path), can_fail_over=True)
         with pytest.raises(ProviderError) as raised:
             await provider.run(make_spec(), ctx)
     error = raised.value
@@ -316,7 +309,7 @@ async def test_cancel_reaches_the_upstream_task(tmp_path: Path) -> None:
         b.start(worker=False)
         key = await b.mint()
         provider = build_relay("relay:b", relay_entry("seed", b.url, key))
-        ctx = RelayContext(_workdir(tmp_path))
+        ctx = RelayContext(workdir(tmp_path))
         job = asyncio.ensure_future(provider.run(make_spec(), ctx))
         await ctx.until_polling(job)
         ctx.cancel()
@@ -335,7 +328,7 @@ async def test_an_upstream_task_that_fails_fails_ours_with_its_code(
     provider = build_relay("relay:b", relay_entry("seed", upstream.url, key))
     spec = make_spec(mode="i2v", first_frame_image="https://unreachable.invalid/broken.png")
     broken = InputImages(first_bytes=(b"\x89PNG\r\n\x1a\n but not an image", "image/png"))
-    ctx = RelayContext(_workdir(tmp_path), images=broken)
+    ctx = RelayContext(workdir(tmp_path), images=broken)
     with pytest.raises(ProviderError) as raised:
         await provider.run(spec, ctx)
     assert raised.value.code == "invalid_image", raised.value.message

@@ -38,13 +38,17 @@ class WriteGroups:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self._pending: list[tuple[Write, asyncio.Future[Any]]] = []
+        self._keys: dict[int, str] = {}  # id(future) -> the row the write locks (its order)
         self._flusher: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.groups = 0  # transactions run (for tests and the bench)
 
-    async def run(self, write: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+    async def run(self, write: Callable[[AsyncConnection], Awaitable[T]], *, key: str = "") -> T:
         """Run `write` in the next group's transaction; its result. A caller cancelled before
-        its group starts leaves nothing written."""
+        its group starts leaves nothing written. `key` is the id of the task row it updates:
+        a group runs its writes in key order (a task's own writes in the order they came), so
+        that every transaction that locks several task rows on PostgreSQL locks them in the
+        same order (lease renewals too, `TaskQueue.heartbeat_many`) and none can deadlock."""
         loop = asyncio.get_running_loop()
         if self._loop is not loop:  # a new event loop (tests run many): start afresh
             self._pending = []
@@ -52,6 +56,9 @@ class WriteGroups:
             self._loop = loop
         future: asyncio.Future[T] = loop.create_future()
         self._pending.append((write, future))
+        if key:
+            self._keys[id(future)] = key
+            future.add_done_callback(lambda done: self._keys.pop(id(done), None))
         if self._flusher is None or self._flusher.done():
             self._flusher = loop.create_task(self._flush())
         return await future
@@ -61,6 +68,7 @@ class WriteGroups:
         while self._pending:
             group = [(w, f) for w, f in self._pending[:MAX_GROUP] if not f.done()]
             del self._pending[:MAX_GROUP]
+            group.sort(key=lambda item: self._keys.get(id(item[1]), ""))  # stable
             if group:
                 await self._run_group(group)
 

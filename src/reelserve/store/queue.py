@@ -285,6 +285,15 @@ class TaskQueue(TaskClaims, TaskReads, TaskMaintenance):
         wanted = dict((token, task_id) for task_id, token in leases)
 
         async def renew(conn: AsyncConnection, chunk: Sequence[tuple[str, str]]) -> None:
+            if self.is_postgres:
+                # Lock the rows in task id order first: a group's writes lock in that order
+                # too (store/groups.py), so a renewal and a group cannot deadlock.
+                await conn.execute(
+                    sa.select(tasks.c.id)
+                    .where(tasks.c.id.in_({task_id for task_id, _ in chunk}))
+                    .order_by(tasks.c.id)
+                    .with_for_update()
+                )
             rows = await conn.execute(
                 tasks.update()
                 .where(
@@ -315,12 +324,22 @@ class TaskQueue(TaskClaims, TaskReads, TaskMaintenance):
                 )
 
         size = self.HEARTBEAT_CHUNK if self.is_postgres else self.SQLITE_HEARTBEAT_CHUNK
-        chunks = [leases[start : start + size] for start in range(0, len(leases), size)]
+        ordered = sorted(leases)
+        chunks = [ordered[start : start + size] for start in range(0, len(ordered), size)]
         if self.is_postgres:
-            async with begin_write(self.engine) as conn:
-                for chunk in chunks:
-                    await renew(conn, chunk)
-                await raise_progress(conn)
+            for attempt in range(3):
+                try:
+                    async with begin_write(self.engine) as conn:
+                        for chunk in chunks:
+                            await renew(conn, chunk)
+                        await raise_progress(conn)
+                    return owned
+                except sa.exc.DBAPIError as exc:
+                    # A locker that does not take rows in id order (the reaper, a claim of
+                    # resumed tasks) can still meet a renewal: PostgreSQL rolls one back.
+                    if "deadlock" not in str(exc) or attempt == 2:
+                        raise
+                    owned.clear()
             return owned
         # SQLite: a transaction per chunk, so that a client's write waiting for the one write
         # lock (a submit) goes between two chunks instead of after a thousand leases.
@@ -337,15 +356,25 @@ class TaskQueue(TaskClaims, TaskReads, TaskMaintenance):
         fenced statement (executed per row) in one grouped transaction; never lowering it."""
         if not progress:
             return
-        rows = [
-            {"task_id": tid, "token": token, "pct": pct} for token, (tid, pct) in progress.items()
-        ]
+        rows = sorted(
+            (
+                {"task_id": tid, "token": token, "pct": pct}
+                for token, (tid, pct) in progress.items()
+            ),
+            key=lambda row: str(row["task_id"]),
+        )
         pct = sa.bindparam("pct", type_=sa.Integer)
         stmt = _fenced(sa.bindparam("task_id"), sa.bindparam("token")).values(progress=_raised(pct))
 
         async def write(conn: AsyncConnection) -> None:
             await conn.execute(stmt, rows)
 
+        if self.is_postgres:
+            # Rows locked in task id order, in a transaction of their own: a group's writes
+            # and the lease renewals lock in that order too, so none of them can deadlock.
+            async with begin_write(self.engine) as conn:
+                await write(conn)
+            return
         await self.writes.run(write)
 
     async def cancel_requests(self) -> set[str]:
@@ -440,7 +469,7 @@ class TaskQueue(TaskClaims, TaskReads, TaskMaintenance):
                 await then(conn)
             return changed
 
-        return await self.writes.run(write)
+        return await self.writes.run(write, key=task_id)
 
     async def reroute(self, task_id: str, token: str, route: str) -> bool:
         """Move a running task to another route of its model (a failover, docs/routing.md):

@@ -311,6 +311,18 @@ class Status:
     error_code: str | None = None
     error_message: str | None = None
 
+    @classmethod
+    def failed(cls, progress: float | None, found: object) -> Status:
+        """A failed upstream task, with the code and message of its `error` object (the
+        seed's and OpenAI's answers both carry one) where there is one."""
+        error = found if isinstance(found, dict) else {}
+        return cls(
+            "failed",
+            progress,
+            error_code=str(error.get("code") or "") or None,
+            error_message=str(error.get("message") or "") or None,
+        )
+
 
 @dataclass
 class Run:

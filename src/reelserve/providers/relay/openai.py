@@ -98,14 +98,7 @@ def status_of(video: Any, content_url: str) -> Status:
         seed = seed if isinstance(seed, int) and not isinstance(seed, bool) else None
         return Status("completed", 1.0, (Video(content_url, seed),))
     if state in FAILED:
-        found = video.get("error")
-        error = found if isinstance(found, dict) else {}
-        return Status(
-            "failed",
-            fraction,
-            error_code=str(error.get("code") or "") or None,
-            error_message=str(error.get("message") or "") or None,
-        )
+        return Status.failed(fraction, video.get("error"))
     if state in CANCELLED:
         return Status("cancelled", fraction)
     return Status("running", fraction)

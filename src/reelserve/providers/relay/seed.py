@@ -113,14 +113,7 @@ def status_of(payload: Any) -> Status:
     if state in COMPLETED:
         return Status("completed", 1.0, _videos(data.get("result")))
     if state in FAILED:
-        found = data.get("error")
-        error = found if isinstance(found, dict) else {}
-        return Status(
-            "failed",
-            fraction,
-            error_code=str(error.get("code") or "") or None,
-            error_message=str(error.get("message") or "") or None,
-        )
+        return Status.failed(fraction, data.get("error"))
     if state in CANCELLED:
         return Status("cancelled", fraction)
     return Status("running", fraction)

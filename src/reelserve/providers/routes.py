@@ -22,23 +22,12 @@ from __future__ import annotations
 import itertools
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 
 from reelserve.domain.errors import InvalidRequest
 from reelserve.domain.models import TEST_KEYS_ROUTE, ModelEntry, Route
 from reelserve.domain.spec import GenerationSpec
 from reelserve.providers.base import Capabilities
-
-
-@dataclass(frozen=True)
-class Spill:
-    """Tasks of `model` pending on route `source` for more than `max_wait` seconds may be
-    claimed by the workers of route `target`."""
-
-    model: str
-    source: str
-    target: str
-    max_wait: float
+from reelserve.store.task_claims import SpillClaim
 
 
 class NoRoute(Exception):
@@ -135,13 +124,13 @@ class RoutePlan:
             return False
         return True
 
-    def spills(self) -> list[Spill]:
+    def spills(self) -> list[SpillClaim]:
         """Every overflow of one route's queue into the next route's workers."""
-        out: list[Spill] = []
+        out: list[SpillClaim] = []
         for model, routes in self.routes.items():
             for route, after in itertools.pairwise(routes):
                 if route.max_wait is not None and route.name != TEST_KEYS_ROUTE:
-                    out.append(Spill(model, route.name, after.name, route.max_wait))
+                    out.append(SpillClaim(model, route.name, after.name, route.max_wait))
         return out
 
     def _admit(self, route: Route, spec: GenerationSpec) -> None:

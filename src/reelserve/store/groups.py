@@ -37,8 +37,8 @@ class WriteGroups:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
-        self._pending: list[tuple[Write, asyncio.Future[Any]]] = []
-        self._keys: dict[int, str] = {}  # id(future) -> the row the write locks (its order)
+        # (the task row a write locks, the write, its outcome): a group runs in key order
+        self._pending: list[tuple[str, Write, asyncio.Future[Any]]] = []
         self._flusher: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.groups = 0  # transactions run (for tests and the bench)
@@ -55,10 +55,7 @@ class WriteGroups:
             self._flusher = None
             self._loop = loop
         future: asyncio.Future[T] = loop.create_future()
-        self._pending.append((write, future))
-        if key:
-            self._keys[id(future)] = key
-            future.add_done_callback(lambda done: self._keys.pop(id(done), None))
+        self._pending.append((key, write, future))
         if self._flusher is None or self._flusher.done():
             self._flusher = loop.create_task(self._flush())
         return await future
@@ -66,17 +63,19 @@ class WriteGroups:
     async def _flush(self) -> None:
         await asyncio.sleep(0)  # writers of this same moment join the first group
         while self._pending:
-            group = [(w, f) for w, f in self._pending[:MAX_GROUP] if not f.done()]
+            group = sorted(  # stable: one task's writes keep their order
+                (entry for entry in self._pending[:MAX_GROUP] if not entry[2].done()),
+                key=lambda entry: entry[0],
+            )
             del self._pending[:MAX_GROUP]
-            group.sort(key=lambda item: self._keys.get(id(item[1]), ""))  # stable
             if group:
                 await self._run_group(group)
 
-    async def _run_group(self, group: list[tuple[Write, asyncio.Future[Any]]]) -> None:
+    async def _run_group(self, group: list[tuple[str, Write, asyncio.Future[Any]]]) -> None:
         results: list[Any] = []
         try:
             async with begin_write(self.engine) as conn:
-                for write, _ in group:
+                for _, write, _ in group:
                     results.append(await write(conn))
                     if len(results) < len(group) and clients_waiting(self.engine):
                         # A client's write waits for the lock (SQLite): commit what is done
@@ -85,7 +84,7 @@ class WriteGroups:
             self.groups += 1
         except Exception as exc:
             if len(group) == 1:
-                _settle(group[0][1], error=exc)
+                _settle(group[0][2], error=exc)
                 return
             log.warning("a group of %d writes failed; running them one by one", len(group))
             for one in group:
@@ -93,7 +92,7 @@ class WriteGroups:
             return
         if len(results) < len(group):
             self._pending[:0] = group[len(results) :]
-        for (_, future), result in zip(group, results, strict=False):
+        for (_, _, future), result in zip(group, results, strict=False):
             _settle(future, result=result)
 
 

@@ -160,7 +160,7 @@ class Worker:
 
     def _task_lane(self, kind: str, providers: set[str], bound: int) -> Lane:
         spills = [
-            SpillClaim(s.model, s.source, s.target, s.max_wait)
+            s
             for s in self.parts.routes.spills()
             if s.target in providers and (self.models is None or s.model in self.models)
         ]

@@ -25,17 +25,18 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import multiprocessing
 import os
 import random
 import secrets
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -237,25 +238,18 @@ def run_one(label: str, src: Path, args: argparse.Namespace, fake: SpreadFake) -
             submit_wall = time.monotonic() - t0
             ids = {f"bench {i}": tid for i, (tid, _) in enumerate(submitted)}
 
-            # Beside the tasks in flight: CPU and RSS, probes of submit and status GET.
-            probe_submits: list[float] = []
-            probe_gets: list[float] = []
-            stop = threading.Event()
-
-            def probe() -> None:
-                i = n
-                while not stop.is_set():
-                    started = time.perf_counter()
-                    client.get(f"/v1/tasks/{submitted[i % n][0]}")
-                    probe_gets.append(time.perf_counter() - started)
-                    if len(probe_gets) % 10 == 0:
-                        started = time.perf_counter()
-                        client.post("/v1/videos/generations", json={**body, "prompt": f"probe {i}"})
-                        probe_submits.append(time.perf_counter() - started)
-                    i += 1
-                    time.sleep(0.05)
-
-            prober = threading.Thread(target=probe, daemon=True)
+            # Beside the tasks in flight: CPU and RSS, probes of submit and status GET. The
+            # probe is a process of its own: in this one the fake Google's thread answers
+            # thousands of polls and holds the GIL, which a probe here would wait for.
+            mp = multiprocessing.get_context("spawn")
+            stop = mp.Event()
+            results_out, results_in = mp.Pipe(duplex=False)
+            probe_ids = [tid for tid, _ in submitted]
+            prober = mp.Process(
+                target=_probe,
+                args=(base, headers, body, probe_ids, n, stop, results_in),
+                daemon=True,
+            )
             cpu_start, at_start = _cpu_seconds(measured.pid), time.monotonic()
             api_cpu_start = _cpu_seconds(server.pid)
             commits_start = _commits(db, args.database)
@@ -284,7 +278,8 @@ def run_one(label: str, src: Path, args: argparse.Namespace, fake: SpreadFake) -
                     raise RuntimeError(f"{label}: tasks still unfinished after {args.timeout}s")
                 time.sleep(0.5)
             stop.set()
-            prober.join()
+            probe_gets, probe_submits = results_out.recv()
+            prober.join(timeout=30)
             elapsed = time.monotonic() - at_start
             cores = (_cpu_seconds(measured.pid) - cpu_start) / elapsed
             api_cores = (_cpu_seconds(server.pid) - api_cpu_start) / elapsed
@@ -323,6 +318,34 @@ def run_one(label: str, src: Path, args: argparse.Namespace, fake: SpreadFake) -
         "done_to_completed_p50_s": _pct(lags, 0.5),
         "done_to_completed_p99_s": _pct(lags, 0.99),
     }
+
+
+def _probe(
+    base: str,
+    headers: dict[str, str],
+    body: dict[str, object],
+    ids: list[str],
+    n: int,
+    stop: Any,
+    out: Any,
+) -> None:
+    """The probe process: status GETs of tasks in flight every 50 ms, a submit every tenth;
+    sends back (get latencies, submit latencies) once `stop` is set."""
+    gets: list[float] = []
+    submits: list[float] = []
+    with httpx.Client(base_url=base, headers=headers, timeout=60) as client:
+        i = n
+        while not stop.is_set():
+            started = time.perf_counter()
+            client.get(f"/v1/tasks/{ids[i % n]}")
+            gets.append(time.perf_counter() - started)
+            if len(gets) % 10 == 0:
+                started = time.perf_counter()
+                client.post("/v1/videos/generations", json={**body, "prompt": f"probe {i}"})
+                submits.append(time.perf_counter() - started)
+            i += 1
+            time.sleep(0.05)
+    out.send((gets, submits))
 
 
 def _unfinished(db: Db, n: int) -> int:

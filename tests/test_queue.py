@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from reelserve.domain.ids import task_id
-from reelserve.domain.result import TaskResult, TaskView
+from reelserve.domain.result import StoredVideo, TaskResult, TaskView
 from reelserve.domain.task import TaskStatus
 from reelserve.store.db import create_engine, current_revision, head_revision, upgrade
 from reelserve.store.queue import CancelOutcome, IdempotencyConflict, TaskQueue
@@ -462,3 +462,68 @@ async def test_stats_count_by_model_and_status(queue: TaskQueue) -> None:
     stats = await queue.stats()
     assert stats.counts == {("sandbox", "processing"): 1, ("sandbox", "pending"): 1}
     assert pending is not None and stats.oldest_pending["sandbox"] > pending.created_at
+
+
+async def test_a_completion_settles_at_the_cost_its_usage_row_reports(queue: TaskQueue) -> None:
+    """The usage row written with the completion (`complete(also=...)`) is what the settle
+    charges: a reserved 0.8 (the list price, the worst case over the backends) settles at the
+    provider's 0.3, not at the list price."""
+    import sqlalchemy as sa
+
+    from reelserve.store.ledger import Reservation
+    from reelserve.store.tables import ledger
+    from reelserve.store.usage import UsageRecord, UsageStore
+
+    tid = task_id()
+    await queue.submit(
+        task_id=tid,
+        api_key_id="key_a",
+        model="veo",
+        provider="google_veo",
+        spec={"prompt": "x"},
+        estimated_time=5,
+        reservation=Reservation(amount=0.8, currency="USD", model="veo", samples=2, test=False),
+    )
+    claimed = await queue.claim("w1", lease_seconds=30, max_attempts=3)
+    assert claimed is not None and claimed.id == tid
+    row = UsageRecord(
+        task_id=tid,
+        api_key_id="key_a",
+        model="veo",
+        provider="google_veo",
+        videos=2,
+        video_seconds=8.0,
+        has_audio=False,
+        cost=0.3,
+        currency="USD",
+        credential="vertex:p",
+    )
+    videos = tuple(
+        StoredVideo(
+            video_key=f"{tid}/{i}.mp4",
+            thumbnail_key=f"{tid}/{i}.jpg",
+            duration=4.0,
+            width=1280,
+            height=720,
+            fps=24.0,
+            has_audio=False,
+            seed=None,
+            person_generation=None,
+            size_bytes=1000,
+        )
+        for i in range(2)
+    )
+    result = TaskResult(videos=videos, expires_at=0)
+    assert await queue.complete(tid, "w1", result, also=[UsageStore(queue.engine).insert(row)])
+    async with queue.engine.connect() as conn:
+        found = (
+            await conn.execute(
+                sa.select(ledger.c.kind, ledger.c.charge)
+                .where(ledger.c.task_id == tid)
+                .order_by(ledger.c.id)
+            )
+        ).all()
+    assert [(kind, round(charge, 6)) for kind, charge in found] == [
+        ("reserve", 0.0),
+        ("settle", 0.3),
+    ]

@@ -403,9 +403,9 @@ class TaskQueue(TaskClaims, TaskReads, TaskMaintenance):
         completed by this call."""
 
         async def settle(conn: AsyncConnection) -> None:
-            await ledger.settle(conn, task_id, len(result.videos))
-            for statement in also:
+            for statement in also:  # first: the settle charges the usage row's cost
                 await conn.execute(statement)
+            await ledger.settle(conn, task_id, len(result.videos))
 
         return await self._finish(
             task_id, token, COMPLETED, settle, progress=100, result=result.to_json()

@@ -10,10 +10,13 @@ about polls x interval seconds; `--spread F` varies that per operation by up to 
 operations vary, so that their ends do not all land in one second). While they are in flight it
 prints, from one run:
 
-- the server's CPU (cores) and RSS while polling;
+- the server's CPU (cores) and RSS while polling (and its peak RSS over the whole run, which
+  includes the downloads and thumbnails of the completions);
 - database commits per second (PostgreSQL; `pg_stat_database`);
 - submit p50/p99 and status-GET p50/p99 measured beside them;
 - the lag from an operation's `done` answer to its task's `completed`;
+- the bench's own cores (the fake Google answering the polls) and the whole machine's busy
+  cores, which tell whether the figures above are the server's or a saturated machine's;
 - the wall time of the batch against one operation's time.
 
 `--baseline-src DIR` runs the same against another checkout's `src/` (e.g. a `git worktree` of
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import multiprocessing
 import os
 import random
@@ -128,6 +132,13 @@ def _database(kind: str, data_dir: Path) -> Iterator[tuple[str, Db]]:
 def _cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _machine_busy() -> float:
+    """CPU seconds this machine spent busy (all cores, all processes) since it booted."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 def _rss_mb(pid: int) -> float:
@@ -252,13 +263,14 @@ def run_one(label: str, src: Path, args: argparse.Namespace, fake: SpreadFake) -
             )
             cpu_start, at_start = _cpu_seconds(measured.pid), time.monotonic()
             api_cpu_start = _cpu_seconds(server.pid)
+            fake_cpu_start, busy_start = _cpu_seconds(os.getpid()), _machine_busy()
             commits_start = _commits(db, args.database)
             prober.start()
             # Only polling: from a second after the last submit until shortly before the first
             # operation is done (no downloads, probes or thumbnails yet).
             op_seconds = args.polls * args.poll_interval
             window_end = t0 + 0.85 * op_seconds * (1 - args.spread)
-            polling_cores = polling_commits = float("nan")
+            polling_cores = polling_commits = polling_rss = float("nan")
             if window_end - time.monotonic() > 3:
                 time.sleep(1)
                 c0, w0, k0 = (
@@ -266,11 +278,14 @@ def run_one(label: str, src: Path, args: argparse.Namespace, fake: SpreadFake) -
                     time.monotonic(),
                     _commits(db, args.database),
                 )
-                time.sleep(max(0.0, window_end - time.monotonic()))
+                polling_rss = _rss_mb(measured.pid)
+                while time.monotonic() < window_end:
+                    time.sleep(min(0.5, max(0.0, window_end - time.monotonic())))
+                    polling_rss = max(polling_rss, _rss_mb(measured.pid))
                 span = time.monotonic() - w0
                 polling_cores = (_cpu_seconds(measured.pid) - c0) / span
                 polling_commits = (_commits(db, args.database) - k0) / span
-            rss = 0.0
+            rss = 0.0 if math.isnan(polling_rss) else polling_rss
             done_wait = time.monotonic() + args.timeout
             while _unfinished(db, n) > 0:
                 rss = max(rss, _rss_mb(measured.pid))
@@ -283,6 +298,8 @@ def run_one(label: str, src: Path, args: argparse.Namespace, fake: SpreadFake) -
             elapsed = time.monotonic() - at_start
             cores = (_cpu_seconds(measured.pid) - cpu_start) / elapsed
             api_cores = (_cpu_seconds(server.pid) - api_cpu_start) / elapsed
+            fake_cores = (_cpu_seconds(os.getpid()) - fake_cpu_start) / elapsed
+            machine_cores = (_machine_busy() - busy_start) / elapsed
             commits = (_commits(db, args.database) - commits_start) / elapsed
             lags = _lags(db, fake, ids)
             failed = _count(db, "failed")
@@ -309,8 +326,12 @@ def run_one(label: str, src: Path, args: argparse.Namespace, fake: SpreadFake) -
         "commits_per_s_polling": polling_commits,
         "cores_whole_run": cores,
         "api_cores_whole_run": api_cores if worker is not None else float("nan"),
+        "fake_cores_whole_run": fake_cores,
+        "machine_busy_cores": machine_cores,
+        "machine_cores": float(os.cpu_count() or 0),
         "commits_per_s_whole_run": commits,
-        "rss_mb": rss,
+        "rss_polling_mb": polling_rss,
+        "rss_peak_mb": rss,
         "probe_submit_p50_ms": 1000 * _pct(probe_submits, 0.5),
         "probe_submit_p99_ms": 1000 * _pct(probe_submits, 0.99),
         "probe_get_p50_ms": 1000 * _pct(probe_gets, 0.5),

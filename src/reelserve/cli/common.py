@@ -63,6 +63,11 @@ def setup_logging(level: str) -> None:
         stream=sys.stderr,
     )
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    if logging.getLogger().level > logging.DEBUG:
+        # httpx logs every request at INFO: thousands of upstream polls a second would bury the
+        # tasks' own lines (and cost the worker's loop a log record each). `--log-level debug`
+        # shows them.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 async def using_service(settings: Settings, use: Callable[[Reelserve], Awaitable[T]]) -> T:

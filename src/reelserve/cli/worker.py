@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Coroutine
 from typing import Annotated, Any
 
 import typer
@@ -54,7 +55,7 @@ def worker_command(
     setup_logging(log_level)
     settings = settings_for(data_dir, device=device)
     metrics = _serve_worker_metrics(metrics_port, metrics_host)
-    asyncio.run(
+    _run_loop(
         _run_worker(
             settings,
             concurrency,
@@ -64,6 +65,19 @@ def worker_command(
             remote_concurrency=remote_concurrency,
         )
     )
+
+
+def _run_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Run `main` on uvloop where it is installed (uvicorn[standard] brings it; `reelserve
+    serve` runs on it too), else on asyncio's own loop. Thousands of upstream polls in flight
+    spend much of the worker's core in the event loop, which uvloop runs in C."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+        return
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main)
 
 
 def _serve_worker_metrics(port: int | None, host: str) -> Any:

@@ -35,9 +35,11 @@ PROVIDER = "google_veo"
 MAX_REASON_CHARS = 600
 MAX_ERROR_BODY = 64 * 1024
 HTTP_CONCURRENCY = 32  # requests to Google at once per worker process (polls are short)
-# ... over this many connection pools: httpcore walks every connection of a pool (a readability
-# syscall each) on each request, so one pool of 32 costs a poll several times what 8 of 4 do.
-HTTP_SHARDS = 8
+# ... over this many connection pools, one connection each: httpcore walks every connection of a
+# pool (a readability syscall each) when a request comes and again when it goes, so a pool of 4
+# made a poll cost 8 such syscalls (15% of the worker's loop at 3,000 tasks in flight); a pool of
+# one costs 2. A request goes to a pool with none in flight, so no request queues inside httpcore.
+HTTP_SHARDS = HTTP_CONCURRENCY
 
 
 def clip(text: str) -> str:

@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from reelserve.domain.result import TaskResult
 from reelserve.store import ledger
 from reelserve.store.db import begin_write
-from reelserve.store.groups import WriteGroups
+from reelserve.store.groups import POSTGRES_LANES, WriteGroups
 from reelserve.store.reads import SqliteReader, sqlite_path
 from reelserve.store.tables import CANCEL_REQUESTED, tasks
 from reelserve.store.task_claims import TaskClaims
@@ -91,7 +91,9 @@ def _raised(progress: int | sa.BindParameter[int]) -> sa.ColumnElement[int]:
 class TaskQueue(TaskClaims, TaskReads, TaskMaintenance):
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
-        self.writes = WriteGroups(engine)  # the fenced writes of running tasks, grouped
+        # The fenced writes of running tasks, grouped; in lanes side by side on PostgreSQL.
+        postgres = engine.dialect.name == "postgresql"
+        self.writes = WriteGroups(engine, lanes=POSTGRES_LANES if postgres else 1)
         path = sqlite_path(str(engine.url))
         self.reader = SqliteReader(path) if path is not None else None
 

@@ -13,7 +13,8 @@ prints, from one run:
 - the server's CPU (cores) and RSS while polling (and its peak RSS over the whole run, which
   includes the downloads and thumbnails of the completions);
 - database commits per second (PostgreSQL; `pg_stat_database`);
-- submit p50/p99 and status-GET p50/p99 measured beside them;
+- submit p50/p99 and status-GET p50/p99 measured beside them, and status-GET p50/p99 on the
+  idle server before the batch, as the reference;
 - the lag from an operation's `done` answer to its task's `completed`;
 - the bench's own cores (the fake Google answering the polls) and the whole machine's busy
   cores, which tell whether the figures above are the server's or a saturated machine's;
@@ -216,7 +217,10 @@ def run_one(label: str, src: Path, args: argparse.Namespace, fake: SpreadFake) -
         # are the figures of the polling.
         worker = (
             subprocess.Popen(
-                [*py, "worker"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+                [*py, "worker", "--log-level", "warning"],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=open(args.worker_log, "ab") if args.worker_log else subprocess.DEVNULL,  # noqa: SIM115
             )
             if args.worker_process
             else None
@@ -243,6 +247,23 @@ def run_one(label: str, src: Path, args: argparse.Namespace, fake: SpreadFake) -
                 assert r.status_code == 200, r.text
                 return r.json()["data"][0]["task_id"], time.perf_counter() - started
 
+            # The reference: status GETs of one task on the idle server, for 5 s, before the
+            # batch (GETs only, so that no task is added).
+            mp = multiprocessing.get_context("spawn")
+            first_id, _ = submit(-1)
+            idle_stop = mp.Event()
+            idle_out, idle_in = mp.Pipe(duplex=False)
+            idle_probe = mp.Process(
+                target=_probe,
+                args=(base, headers, body, [first_id], 1, idle_stop, idle_in, False),
+                daemon=True,
+            )
+            idle_probe.start()
+            time.sleep(5)
+            idle_stop.set()
+            idle_gets, _ = idle_out.recv()
+            idle_probe.join(timeout=30)
+
             t0 = time.monotonic()
             with ThreadPoolExecutor(16) as pool:
                 submitted = list(pool.map(submit, range(n)))
@@ -252,7 +273,6 @@ def run_one(label: str, src: Path, args: argparse.Namespace, fake: SpreadFake) -
             # Beside the tasks in flight: CPU and RSS, probes of submit and status GET. The
             # probe is a process of its own: in this one the fake Google's thread answers
             # thousands of polls and holds the GIL, which a probe here would wait for.
-            mp = multiprocessing.get_context("spawn")
             stop = mp.Event()
             results_out, results_in = mp.Pipe(duplex=False)
             probe_ids = [tid for tid, _ in submitted]
@@ -287,7 +307,7 @@ def run_one(label: str, src: Path, args: argparse.Namespace, fake: SpreadFake) -
                 polling_commits = (_commits(db, args.database) - k0) / span
             rss = 0.0 if math.isnan(polling_rss) else polling_rss
             done_wait = time.monotonic() + args.timeout
-            while _unfinished(db, n) > 0:
+            while _unfinished(db, n + 1) > 0:  # and the reference task
                 rss = max(rss, _rss_mb(measured.pid))
                 if time.monotonic() > done_wait:
                     raise RuntimeError(f"{label}: tasks still unfinished after {args.timeout}s")
@@ -334,6 +354,8 @@ def run_one(label: str, src: Path, args: argparse.Namespace, fake: SpreadFake) -
         "rss_peak_mb": rss,
         "probe_submit_p50_ms": 1000 * _pct(probe_submits, 0.5),
         "probe_submit_p99_ms": 1000 * _pct(probe_submits, 0.99),
+        "idle_get_p50_ms": 1000 * _pct(idle_gets, 0.5),
+        "idle_get_p99_ms": 1000 * _pct(idle_gets, 0.99),
         "probe_get_p50_ms": 1000 * _pct(probe_gets, 0.5),
         "probe_get_p99_ms": 1000 * _pct(probe_gets, 0.99),
         "done_to_completed_p50_s": _pct(lags, 0.5),
@@ -349,9 +371,10 @@ def _probe(
     n: int,
     stop: Any,
     out: Any,
+    submits_too: bool = True,
 ) -> None:
-    """The probe process: status GETs of tasks in flight every 50 ms, a submit every tenth;
-    sends back (get latencies, submit latencies) once `stop` is set."""
+    """The probe process: status GETs of tasks in flight every 50 ms, a submit every tenth
+    (`submits_too`); sends back (get latencies, submit latencies) once `stop` is set."""
     gets: list[float] = []
     submits: list[float] = []
     with httpx.Client(base_url=base, headers=headers, timeout=60) as client:
@@ -360,7 +383,7 @@ def _probe(
             started = time.perf_counter()
             client.get(f"/v1/tasks/{ids[i % n]}")
             gets.append(time.perf_counter() - started)
-            if len(gets) % 10 == 0:
+            if submits_too and len(gets) % 10 == 0:
                 started = time.perf_counter()
                 client.post("/v1/videos/generations", json={**body, "prompt": f"probe {i}"})
                 submits.append(time.perf_counter() - started)
@@ -430,6 +453,7 @@ def main() -> None:
         help="run the tasks in a `reelserve worker` process beside `reelserve serve --no-worker` "
         "(cores and RSS are then the worker's)",
     )
+    parser.add_argument("--worker-log", help="append the worker's log (warnings and up) here")
     parser.add_argument("--timeout", type=float, default=1800)
     args = parser.parse_args()
     runs: list[tuple[str, Path]] = [("reelserve", ROOT / "src")]

@@ -290,48 +290,6 @@ async def test_each_tasks_writes_keep_their_order_across_groups_and_lanes(
         assert task is not None and task.checkpoint == {"n": 4}
 
 
-async def test_a_renewal_held_up_at_a_newer_task_has_already_renewed_the_older_ones(
-    queue: TaskQueue,
-) -> None:
-    """On PostgreSQL a renewal goes a chunk per transaction, oldest tasks first: while another
-    transaction holds the newest task's row (a group commit, here held open), the leases of the
-    oldest tasks are renewed and visible already. In one transaction for all, they were not
-    until the newest row was free, and the first tasks claimed lost their leases in a burst."""
-    if not queue.is_postgres:
-        pytest.skip("row locks: PostgreSQL only (SQLite has one write lock)")
-    import sqlalchemy as sa
-
-    from reelserve.store.tables import tasks
-
-    count = queue.HEARTBEAT_CHUNK + 100
-    ids = [await _submit(queue) for _ in range(count)]
-    claimed = await queue.claim_many("r:", count, lease_seconds=5, max_attempts=3)
-    assert len(claimed) == count
-    oldest, newest = min(ids), max(ids)
-
-    async def expiry(task: str) -> float:
-        async with queue.engine.connect() as conn:
-            query = sa.select(tasks.c.lease_expires_at).where(tasks.c.id == task)
-            return float((await conn.execute(query)).scalar_one())
-
-    before = await expiry(oldest)
-    async with queue.engine.connect() as holder:
-        await holder.execute(sa.select(tasks.c.id).where(tasks.c.id == newest).with_for_update())
-        renewal = asyncio.ensure_future(
-            queue.heartbeat_many([(t, f"r:{t}") for t in ids], lease_seconds=600)
-        )
-        for _ in range(200):  # up to 10 s
-            if await expiry(oldest) > before + 300:
-                break
-            await asyncio.sleep(0.05)
-        assert await expiry(oldest) > before + 300  # renewed while the newest row was held
-        assert not renewal.done()  # ... and the renewal waits for that row
-        await holder.rollback()
-    owned = await asyncio.wait_for(renewal, 10)
-    assert len(owned) == count
-    assert await expiry(newest) > before + 300
-
-
 async def test_renewals_beside_grouped_writes_never_deadlock(queue: TaskQueue) -> None:
     """On PostgreSQL a lease renewal and a group of writes each lock many task rows: both lock
     them in task id order, so they never deadlock (a renewal that did failed, and a worker

@@ -266,8 +266,8 @@ class TaskQueue(TaskClaims, TaskReads, TaskMaintenance):
             return False, False
         return True, bool(row[0])
 
-    HEARTBEAT_CHUNK = 500  # leases renewed per statement and per transaction on PostgreSQL
-    SQLITE_HEARTBEAT_CHUNK = 200  # and on SQLite (its one write lock held briefly)
+    HEARTBEAT_CHUNK = 2000  # leases renewed per statement (bound parameters stay few)
+    SQLITE_HEARTBEAT_CHUNK = 200  # and per transaction on SQLite (the write lock held briefly)
 
     async def heartbeat_many(
         self,
@@ -282,11 +282,11 @@ class TaskQueue(TaskClaims, TaskReads, TaskMaintenance):
         `processing` under the same token change. Returns `{token: cancel_requested}` for the
         attempts that still own their task; one missing from it was lost (its lease expired and
         another attempt took the task)."""
+        now = time.time()
         owned: dict[str, bool] = {}
         wanted = dict((token, task_id) for task_id, token in leases)
 
         async def renew(conn: AsyncConnection, chunk: Sequence[tuple[str, str]]) -> None:
-            now = time.time()  # each chunk's leases run from when it is renewed
             if self.is_postgres:
                 # Lock the rows in task id order first: a group's writes lock in that order
                 # too (store/groups.py), so a renewal and a group cannot deadlock.
@@ -328,24 +328,26 @@ class TaskQueue(TaskClaims, TaskReads, TaskMaintenance):
         size = self.HEARTBEAT_CHUNK if self.is_postgres else self.SQLITE_HEARTBEAT_CHUNK
         ordered = sorted(leases)
         chunks = [ordered[start : start + size] for start in range(0, len(ordered), size)]
-        # A transaction per chunk, oldest tasks first. On SQLite a client's write waiting for
-        # the one write lock (a submit) goes between two chunks instead of after a thousand
-        # leases. On PostgreSQL one transaction for all of them walked ten thousand rows in id
-        # order, waiting at each row a group commit held (the newest tasks' checkpoints, in a
-        # burst of submits) while holding the oldest rows' locks: a renewal took longer than a
-        # lease, and the first tasks claimed lost their leases.
-        for chunk in chunks:
+        if self.is_postgres:
             for attempt in range(3):
                 try:
                     async with begin_write(self.engine) as conn:
-                        await renew(conn, chunk)
-                    break
+                        for chunk in chunks:
+                            await renew(conn, chunk)
+                        await raise_progress(conn)
+                    return owned
                 except sa.exc.DBAPIError as exc:
-                    # A locker that does not take rows in id order on PostgreSQL (the reaper,
-                    # a claim of resumed tasks) can still meet a renewal: one is rolled back,
-                    # and the chunk is tried again.
+                    # A locker that does not take rows in id order (the reaper, a claim of
+                    # resumed tasks) can still meet a renewal: PostgreSQL rolls one back.
                     if "deadlock" not in str(exc) or attempt == 2:
                         raise
+                    owned.clear()
+            return owned
+        # SQLite: a transaction per chunk, so that a client's write waiting for the one write
+        # lock (a submit) goes between two chunks instead of after a thousand leases.
+        for chunk in chunks:
+            async with begin_write(self.engine) as conn:
+                await renew(conn, chunk)
         if progress:
             async with begin_write(self.engine) as conn:
                 await raise_progress(conn)

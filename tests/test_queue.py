@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from reelserve.domain.ids import task_id
@@ -17,7 +18,7 @@ from reelserve.domain.result import StoredVideo, TaskResult, TaskView
 from reelserve.domain.task import TaskStatus
 from reelserve.store.db import create_engine, current_revision, head_revision, upgrade
 from reelserve.store.queue import CancelOutcome, IdempotencyConflict, TaskQueue
-from reelserve.store.tables import CANCEL_REQUESTED
+from reelserve.store.tables import CANCEL_REQUESTED, tasks
 from tests.databases import database_url
 
 
@@ -162,6 +163,30 @@ async def test_exhausted_attempts_fail_the_task(queue: TaskQueue) -> None:
     task = await queue.get(tid)
     assert task is not None and task.status is TaskStatus.FAILED
     assert task.error_code == "internal_error" and "interrupted" in (task.error_message or "")
+
+
+async def test_the_reaper_leaves_a_row_another_transaction_holds_to_its_next_pass(
+    queue: TaskQueue,
+) -> None:
+    """On PostgreSQL the reaper locks expired rows in id order, skipping any another transaction
+    holds (a renewal of that very lease, a group's write): it fails the others now and the held
+    one at its next pass, instead of waiting on it or meeting it in a deadlock. (SQLite has one
+    writer at a time: nothing is held while the reaper runs.)"""
+    ids = sorted([await _submit(queue), await _submit(queue), await _submit(queue)])
+    for _ in ids:
+        assert await queue.claim("w", lease_seconds=0.05, max_attempts=1) is not None
+    await asyncio.sleep(0.1)
+    if not queue.is_postgres:
+        assert sorted(await queue.fail_exhausted(1)) == ids
+        return
+    async with queue.engine.connect() as holder:
+        await holder.execute(sa.select(tasks.c.id).where(tasks.c.id == ids[1]).with_for_update())
+        failed = await asyncio.wait_for(queue.fail_exhausted(1), 10)
+        assert sorted(failed) == [ids[0], ids[2]]
+        await holder.rollback()
+    assert await queue.fail_exhausted(1) == [ids[1]]
+    held = await queue.get(ids[1])
+    assert held is not None and held.status is TaskStatus.FAILED
 
 
 async def test_release_hands_back_without_spending_an_attempt(queue: TaskQueue) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -107,11 +108,15 @@ class TwoAttemptsProvider(ProviderBase):
         self.calls = 0
         self.second_started = asyncio.Event()
         self.second_stopped: str | None = None
+        self.first_seen: tuple[str | None, bool] | None = None  # its stop reason, its workdir
 
     async def run(self, spec: Any, ctx: Any) -> list[Any]:
         self.calls += 1
         if self.calls == 1:
+            (ctx.workdir / "part.bin").write_bytes(b"half a clip")
             await self.second_started.wait()
+            # Told at once that it lost the task, its scratch files still there.
+            self.first_seen = (ctx.stop_reason, (ctx.workdir / "part.bin").exists())
             await asyncio.sleep(0.3)
             ctx.check_cancelled()  # lost: raises LeaseLost
             return []
@@ -128,8 +133,10 @@ class TwoAttemptsProvider(ProviderBase):
 async def test_an_old_attempt_ending_leaves_the_new_attempt_tracked(tmp_path: Path) -> None:
     """A task whose lease this worker lost, and which this same worker then claims again, has
     two attempts in the worker at once; the old one's end must not drop the new one, which the
-    worker must still stop and hand back on shutdown (issue 11, point 5)."""
-    service = await Reelserve.open(make_settings(tmp_path / "data", lease_seconds=2.0))
+    worker must still stop and hand back on shutdown (issue 11, point 5). The new attempt's
+    start tells the old one it lost the task, before any renewal could (the lease is 60 s, so
+    none comes in the test), and leaves the old one's scratch directory alone."""
+    service = await Reelserve.open(make_settings(tmp_path / "data", lease_seconds=60.0))
     provider = TwoAttemptsProvider()
     service.providers["sandbox"] = provider
     key, _, _ = await service.access.create_key("test")
@@ -152,6 +159,7 @@ async def test_an_old_attempt_ending_leaves_the_new_attempt_tracked(tmp_path: Pa
             assert time.monotonic() < deadline, "the task was never claimed again"
             await asyncio.sleep(0.05)
         await asyncio.sleep(1.0)  # attempt 1 finds itself lost and ends
+        assert provider.first_seen == ("lost", True)
         current = await service.tasks.get(key, task.id)
         assert current.status is TaskStatus.PROCESSING
     finally:
@@ -238,3 +246,69 @@ async def test_a_failing_periodic_job_is_logged_and_the_loop_goes_on(
     failure = next(r for r in caplog.records if r.getMessage().startswith("the retention sweep"))
     assert failure.levelno == logging.ERROR and failure.exc_info is not None
     assert "StorageKeyError" in caplog.text
+
+
+class WaitingProvider(ProviderBase):
+    """Runs until told to stop (a task in flight for as long as the test needs)."""
+
+    name = "sandbox"
+    kind = "compute"
+
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
+
+    async def run(self, spec: Any, ctx: Any) -> list[Any]:
+        self.started.set()
+        while True:
+            ctx.check_cancelled()
+            await asyncio.sleep(0.05)
+
+
+async def test_a_renewal_held_up_by_the_database_is_logged_and_measured(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Another connection holds SQLite's write lock for 1.2 s while a worker with a 1.5 s lease
+    (renewed every 0.5 s) runs a task: the renewal waits for the lock, and the worker logs how
+    long it took and how late it came, and counts it in `reelserve_lease_renewal_seconds`. The
+    task keeps its lease: the renewal extends it from the moment it started."""
+    caplog.set_level(logging.WARNING, logger="reelserve.worker")
+    settings = make_settings(tmp_path / "data", lease_seconds=1.5)
+    service = await Reelserve.open(settings)
+    provider = WaitingProvider()
+    service.providers["sandbox"] = provider
+    key, _, _ = await service.access.create_key("test")
+    task = await service.tasks.submit(key, {"model": "sandbox", "prompt": "p", "duration": 1})
+    stop = asyncio.Event()
+    running = asyncio.create_task(Worker(service.worker_parts()).run(stop))
+    registry = service.metrics.registry
+    try:
+        await asyncio.wait_for(provider.started.wait(), 30)
+        await asyncio.sleep(0.6)  # one renewal in the clear
+        path = settings.resolved_database_url.split("///", 1)[-1]
+        holder = sqlite3.connect(path, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        await asyncio.sleep(1.2)
+        holder.execute("COMMIT")
+        holder.close()
+        await _until(
+            lambda: _true(any("renewing 1 leases took" in r.getMessage() for r in caplog.records)),
+            "the slow renewal was not logged",
+        )
+        current = await service.tasks.get(key, task.id)
+        assert current.status is TaskStatus.PROCESSING and current.attempts == 1
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 30)
+        await service.close()
+    logged = [r.getMessage() for r in caplog.records if "renewing 1 leases took" in r.getMessage()]
+    slow = max(logged, key=lambda message: float(message.split(" took ")[1].split(" s,")[0]))
+    took = float(slow.split(" took ")[1].split(" s,")[0])
+    assert 0.6 < took < 1.5, slow  # due every 0.5 s, it waited at least 0.7 s of the 1.2 s
+    assert "0 attempt(s) found their lease lost" in slow
+    count = registry.get_sample_value("reelserve_lease_renewal_seconds_count")
+    total = registry.get_sample_value("reelserve_lease_renewal_seconds_sum")
+    assert count is not None and count >= 2 and total is not None and total >= took
+
+
+async def _true(value: bool) -> bool:
+    return value

@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 TASK_STATUSES = ("pending", "processing", "completed", "failed", "cancelled")
 QUEUE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 RUN_BUCKETS = (0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600)
+RENEWAL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 _live: weakref.WeakSet[Metrics] = weakref.WeakSet()
 
@@ -56,6 +57,12 @@ class Metrics:
             "(completed, failed, cancelled, released, lost)",
             ["model", "outcome"],
             buckets=RUN_BUCKETS,
+            registry=self.registry,
+        )
+        self.lease_renewals = Histogram(
+            "reelserve_lease_renewal_seconds",
+            "Time one renewal of all a worker's leases took (one statement per chunk)",
+            buckets=RENEWAL_BUCKETS,
             registry=self.registry,
         )
         self.upstream_errors = Counter(
@@ -150,6 +157,10 @@ class Metrics:
     def task_attempt_finished(self, model: str, outcome: str, seconds: float) -> None:
         """One attempt at a task ended (claim to finish) with `outcome`."""
         self.run_time.labels(model=model, outcome=outcome).observe(max(0.0, seconds))
+
+    def lease_renewal(self, seconds: float) -> None:
+        """A worker renewed all its leases in `seconds`."""
+        self.lease_renewals.observe(max(0.0, seconds))
 
     def route_attempt(self, model: str, route: str, outcome: str, code: str | None) -> None:
         """One attempt on a route ended with `outcome`; a failed one with error `code`."""

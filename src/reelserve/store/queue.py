@@ -337,7 +337,7 @@ class TaskQueue(TaskClaims, TaskReads, TaskMaintenance):
                         await raise_progress(conn)
                     return owned
                 except sa.exc.DBAPIError as exc:
-                    # A locker that does not take rows in id order (the reaper, a claim of
+                    # A locker that does not take rows in id order (a claim of
                     # resumed tasks) can still meet a renewal: PostgreSQL rolls one back.
                     if "deadlock" not in str(exc) or attempt == 2:
                         raise

@@ -53,6 +53,7 @@ class Attempts:
         self._on_rerouted = on_rerouted  # a task was queued on this route: claim it now
         self.settings = parts.settings
         self.contexts: dict[str, TaskContext] = {}
+        self._by_task: dict[str, dict[str, TaskContext]] = {}  # task id -> its attempts here
         self.timers = Timers()  # every attempt's waits (`TaskContext.sleep`), by due time
         self.completed = 0
         self._on_finished = on_finished  # a finished task's webhook is due now
@@ -80,6 +81,13 @@ class Attempts:
         # Tracked before anything is awaited, so that the next renewal keeps its lease even
         # when a burst of claims waits for threads (thousands claimed at once).
         self.contexts[token] = ctx
+        # An older attempt of this task in this worker lost its lease (this claim could only
+        # take the task once it had expired): it stops now, not at the next renewal, and its
+        # scratch directory is left to it until it ends (`_fresh_workdir`).
+        older = self._by_task.setdefault(task.id, {})
+        for other in older.values():
+            other.stop("lost")
+        older[token] = ctx
         ctx.can_fail_over = self.parts.routes.has_next(task.model, task.provider)
         if task.cancel_requested:
             ctx.stop("cancel")
@@ -122,6 +130,10 @@ class Attempts:
             )
         finally:
             self.contexts.pop(token, None)
+            same = self._by_task.get(task.id, {})
+            same.pop(token, None)
+            if not same:
+                self._by_task.pop(task.id, None)
             self.parts.metrics.task_attempt_finished(
                 task.model, outcome, time.monotonic() - claimed_at
             )
@@ -134,7 +146,8 @@ class Attempts:
     async def _run(self, task: TaskRecord, ctx: TaskContext) -> str:
         """The attempt's work, up to `complete`: "completed", or "lost" where the lease was
         lost meanwhile; a stop or a failure is raised."""
-        ctx.workdir = await asyncio.to_thread(self._fresh_workdir, task.id)
+        others = {o.workdir.name for o in self._by_task.get(task.id, {}).values() if o is not ctx}
+        ctx.workdir = await asyncio.to_thread(self._fresh_workdir, task.id, others)
         provider = self.parts.providers.get(task.provider)
         if provider is None:
             raise ProviderError(
@@ -209,14 +222,22 @@ class Attempts:
             "the task was failed and the provider's work abandoned",
         )
 
-    def _fresh_workdir(self, task_id: str) -> Path:
+    def _fresh_workdir(self, task_id: str, keep: Collection[str] = ()) -> Path:
         """A scratch directory for this attempt, `work/<task id>/<random>`, after removing any
-        left by an earlier, interrupted attempt (this worker holds the task's lease now). One
-        directory per task: finding the leftovers never lists the other tasks' (ten thousand
-        in flight made that a scan per claim)."""
+        left by an earlier, interrupted attempt (this worker holds the task's lease now), but
+        those named in `keep`: an older attempt of this worker that lost the lease and is still
+        winding down removes its own when it ends. One directory per task: finding the
+        leftovers never lists the other tasks' (ten thousand in flight made that a scan per
+        claim)."""
         task_dir = self.settings.data_dir / "work" / task_id
         if task_dir.exists():
-            shutil.rmtree(task_dir, ignore_errors=True)
+            for left in task_dir.iterdir():
+                if left.name in keep:
+                    continue
+                if left.is_dir() and not left.is_symlink():
+                    shutil.rmtree(left, ignore_errors=True)
+                else:
+                    left.unlink(missing_ok=True)
         workdir = task_dir / secrets.token_hex(3)
         workdir.mkdir(parents=True, exist_ok=True)
         return workdir

@@ -60,12 +60,17 @@ class Lane:
 @dataclass(frozen=True)
 class Periodic:
     """A job run every `interval` seconds beside the loop (first at the start, unless
-    `at_start` is false); `what` names it in the log when it fails."""
+    `at_start` is false); `what` names it in the log when it fails. The interval runs from the
+    end of one run to the start of the next, unless `fixed_rate`: then from start to start, so
+    that a slow run does not push every later one back (a lease renewal that took 5 s of a
+    10 s interval still comes every 10 s); a run that overran its interval is followed by the
+    next at once, never by several to catch up."""
 
     what: str
     interval: float
     job: Callable[[], Awaitable[object]]
     at_start: bool = True
+    fixed_rate: bool = False
 
 
 class ClaimLoop:
@@ -147,14 +152,16 @@ class ClaimLoop:
 
 
 async def _every(periodic: Periodic) -> None:
-    if not periodic.at_start:
-        await asyncio.sleep(periodic.interval)
+    loop = asyncio.get_running_loop()
+    due = loop.time() + (0.0 if periodic.at_start else periodic.interval)
     while True:
+        await asyncio.sleep(max(0.0, due - loop.time()))
         try:
             await periodic.job()
         except Exception:
             log.exception("%s failed; will retry in %g s", periodic.what, periodic.interval)
-        await asyncio.sleep(periodic.interval)
+        now = loop.time()
+        due = max(due + periodic.interval, now) if periodic.fixed_rate else now + periodic.interval
 
 
 async def _drain(lane: Lane) -> int:

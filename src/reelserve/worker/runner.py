@@ -86,6 +86,7 @@ class Worker:
         # thread would hold the process forever (asyncio.run and interpreter exit join it).
         self.exit_when_stuck = exit_when_stuck
         self.stuck = 0  # tasks whose provider did not stop within the grace period
+        self._renewed_at: float | None = None  # time.monotonic() of the last renewal's start
         self.attempts = Attempts(parts, on_finished=self._task_finished, on_rerouted=self._notified)
         self.webhooks = WebhookDeliverer(parts, name=self.name)
         lanes = [self.webhooks.lane()]
@@ -101,6 +102,7 @@ class Worker:
                     settings.lease_seconds / 3,
                     self.heartbeat,
                     at_start=False,
+                    fixed_rate=True,
                 ),
                 Periodic(
                     "flushing progress and cancel requests",
@@ -242,14 +244,34 @@ class Worker:
         if not contexts:
             return
         leases = [(ctx.task_id, ctx.token) for ctx in contexts]
+        started = time.monotonic()
+        since = started - self._renewed_at if self._renewed_at is not None else 0.0
+        self._renewed_at = started
         owned = await self.parts.queue.heartbeat_many(
             leases, lease_seconds=self.settings.lease_seconds
         )
+        took = time.monotonic() - started
+        self.parts.metrics.lease_renewal(took)
+        lost = 0
         for ctx in contexts:
             if ctx.token not in owned:
+                lost += ctx.stop_reason is None
                 ctx.stop("lost")
             elif owned[ctx.token]:
                 ctx.stop("cancel")
+        lease = self.settings.lease_seconds
+        if took > lease / 6 or since > lease * 2 / 3 or lost:
+            # Due every lease/3: one this late or this slow leaves little of the lease.
+            log.warning(
+                "renewing %d leases took %.2f s, %.2f s after the previous renewal (leases "
+                "last %g s, renewed every %g s); %d attempt(s) found their lease lost",
+                len(leases),
+                took,
+                since,
+                lease,
+                lease / 3,
+                lost,
+            )
 
     async def flush(self) -> None:
         """Every `progress_flush_interval`: the progress of the attempts whose progress rose,

@@ -16,7 +16,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from reelserve.domain.ids import task_id
 from reelserve.domain.result import StoredVideo, TaskResult, TaskView
 from reelserve.domain.task import TaskStatus
-from reelserve.store.db import create_engine, current_revision, head_revision, upgrade
+from reelserve.store.db import (
+    create_engine,
+    create_read_engine,
+    current_revision,
+    head_revision,
+    upgrade,
+)
 from reelserve.store.queue import CancelOutcome, IdempotencyConflict, TaskQueue
 from reelserve.store.tables import CANCEL_REQUESTED, tasks
 from tests.databases import database_url
@@ -52,6 +58,42 @@ async def _submit(queue: TaskQueue, key: str = "key_a", **kw: object) -> str:
     )
     assert created and task.status is TaskStatus.PENDING and task.progress == 0
     return tid
+
+
+async def test_status_polls_on_postgresql_read_outside_any_transaction(db_url: str) -> None:
+    """The read engine of status polls (`create_read_engine`) sends no BEGIN and no ROLLBACK
+    around a read: each statement is a transaction of its own, so `now()` moves between two
+    statements of one connection (inside a transaction it stays the transaction's start). A
+    poll through it sees each committed change. SQLite has none: its polls have their own
+    reader."""
+    engine = create_engine(db_url)
+    await upgrade(engine)
+    read = create_read_engine(engine)
+    try:
+        if read is None:
+            assert engine.dialect.name == "sqlite"
+            return
+        queue = TaskQueue(engine, read_engine=read)
+        tid = await _submit(queue)
+        seen = await queue.view(tid, "key_a")
+        assert seen is not None and seen.status is TaskStatus.PENDING
+        assert await queue.claim("w", lease_seconds=30, max_attempts=3) is not None
+        seen = await queue.view(tid, "key_a")
+        assert seen is not None and seen.status is TaskStatus.PROCESSING
+        async with read.connect() as conn:
+            first = (await conn.execute(sa.text("SELECT now()"))).scalar_one()
+            await asyncio.sleep(0.02)
+            second = (await conn.execute(sa.text("SELECT now()"))).scalar_one()
+        assert second > first
+        async with engine.connect() as conn:  # the main engine, for contrast
+            first = (await conn.execute(sa.text("SELECT now()"))).scalar_one()
+            await asyncio.sleep(0.02)
+            second = (await conn.execute(sa.text("SELECT now()"))).scalar_one()
+        assert second == first
+    finally:
+        if read is not None:
+            await read.dispose()
+        await engine.dispose()
 
 
 async def test_full_lifecycle_and_fencing(queue: TaskQueue) -> None:
@@ -328,11 +370,57 @@ async def test_renewals_beside_grouped_writes_never_deadlock(queue: TaskQueue) -
         writes = [queue.checkpoint(tid, f"d:{tid}", {"round": round_}) for tid in reversed(ids)]
         flush = queue.flush_progress({f"d:{tid}": (tid, round_ + 1) for tid in reversed(ids)})
         renewal = queue.heartbeat_many(list(reversed(leases)), lease_seconds=30)
-        *written, _, owned = await asyncio.gather(*writes, flush, renewal)
+        *written, flushed, owned = await asyncio.gather(*writes, flush, renewal)
         assert written == [True] * 200
-        assert len(owned) == 200
+        assert len(owned) == 200  # a row a group held is read, not renewed: still owned
+        assert flushed <= {token for _, token in leases}
+    # What a flush skipped (rows a group held, on PostgreSQL) goes at the next one.
+    assert await queue.flush_progress({f"d:{tid}": (tid, 5) for tid in ids}) == {
+        token for _, token in leases
+    }
     task = await queue.get(ids[0])
     assert task is not None and task.checkpoint == {"round": 4} and task.progress == 5
+
+
+async def test_a_renewal_and_a_progress_flush_never_wait_for_a_held_row(
+    queue: TaskQueue,
+) -> None:
+    """On PostgreSQL another transaction holds one running task's row (as a group writing its
+    checkpoint would): a lease renewal renews the others at once, counts the held one as still
+    owned (a plain read) without renewing it, and a progress flush writes the others and leaves
+    the held one out of its answer; once the row is free, both reach it. (SQLite has one writer
+    at a time: nothing holds a row while they run.)"""
+    ids = sorted([await _submit(queue) for _ in range(3)])
+    assert len(await queue.claim_many("h:", 3, lease_seconds=30, max_attempts=3)) == 3
+    leases = [(tid, f"h:{tid}") for tid in ids]
+    tokens = {token for _, token in leases}
+    progress = {f"h:{tid}": (tid, 50) for tid in ids}
+    if not queue.is_postgres:
+        assert set(await queue.heartbeat_many(leases, lease_seconds=60)) == tokens
+        assert await queue.flush_progress(progress) == tokens
+        return
+    before = await queue.get(ids[1])
+    assert before is not None
+    async with queue.engine.connect() as holder:
+        await holder.execute(sa.select(tasks.c.id).where(tasks.c.id == ids[1]).with_for_update())
+        owned = await asyncio.wait_for(queue.heartbeat_many(leases, lease_seconds=60), 10)
+        assert owned == {token: False for token in tokens}
+        flushed = await asyncio.wait_for(queue.flush_progress(progress), 10)
+        assert flushed == tokens - {f"h:{ids[1]}"}
+        await holder.rollback()
+    rows = {tid: await queue.get(tid) for tid in ids}
+    held = rows[ids[1]]
+    assert held is not None and held.lease_expires_at == before.lease_expires_at
+    assert held.progress == 0
+    for tid in (ids[0], ids[2]):
+        row = rows[tid]
+        assert row is not None and row.progress == 50
+        assert (row.lease_expires_at or 0) > (before.lease_expires_at or 0) + 20
+    assert await queue.heartbeat_many(leases, lease_seconds=60) == {t: False for t in tokens}
+    assert await queue.flush_progress(progress) == tokens
+    held = await queue.get(ids[1])
+    assert held is not None and held.progress == 50
+    assert (held.lease_expires_at or 0) > (before.lease_expires_at or 0) + 20
 
 
 async def test_progress_flush_is_fenced_and_cancel_requests_are_one_read(

@@ -83,14 +83,17 @@ def _fenced(task_id: Bound, token: Bound) -> sa.Update:
     )
 
 
-def _raised(progress: int | sa.BindParameter[int]) -> sa.ColumnElement[int]:
+def _raised(progress: int | sa.ColumnElement[int]) -> sa.ColumnElement[int]:
     """`max(progress, new)`: progress never goes back."""
     return sa.case((tasks.c.progress < progress, progress), else_=tasks.c.progress)
 
 
 class TaskQueue(TaskClaims, TaskReads, TaskMaintenance):
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, read_engine: AsyncEngine | None = None) -> None:
+        """`read_engine`: where status polls read, an autocommit engine on PostgreSQL
+        (db.create_read_engine), owned by the caller; the main engine where none is given."""
         self.engine = engine
+        self.read_engine = read_engine or engine
         # The fenced writes of running tasks, grouped; in lanes side by side on PostgreSQL.
         postgres = engine.dialect.name == "postgresql"
         self.writes = WriteGroups(engine, lanes=POSTGRES_LANES if postgres else 1)
@@ -281,31 +284,45 @@ class TaskQueue(TaskClaims, TaskReads, TaskMaintenance):
         never lowering it). Fenced like every update of a running task: only rows still
         `processing` under the same token change. Returns `{token: cancel_requested}` for the
         attempts that still own their task; one missing from it was lost (its lease expired and
-        another attempt took the task)."""
+        another attempt took the task).
+
+        On PostgreSQL a renewal never waits for a row lock: each chunk is one statement, in a
+        transaction of its own, that renews the rows it can lock at once (`FOR UPDATE SKIP
+        LOCKED`, in id order). A row another transaction holds (this worker's own write of
+        that task: a checkpoint, an outcome) is read instead, without a lock: still this
+        attempt's, it counts as owned and is renewed at the next renewal. At 10,000 tasks in
+        flight, a renewal that locked every row waited up to 21 s behind the worker's own
+        writes, each held open by a busy event loop (bench/inflight.py), and the leases of the
+        tasks claimed first expired."""
         now = time.time()
         owned: dict[str, bool] = {}
         wanted = dict((token, task_id) for task_id, token in leases)
 
-        async def renew(conn: AsyncConnection, chunk: Sequence[tuple[str, str]]) -> None:
+        def renewal(chunk: Sequence[tuple[str, str]]) -> sa.Update:
+            ids = {task_id for task_id, _ in chunk}
+            mine = sa.and_(
+                tasks.c.id.in_(ids),
+                tasks.c.lease_owner.in_({token for _, token in chunk}),
+                tasks.c.status == PROCESSING,
+            )
+            where: sa.ColumnElement[bool] = mine
             if self.is_postgres:
-                # Lock the rows in task id order first: a group's writes lock in that order
-                # too (store/groups.py), so a renewal and a group cannot deadlock.
-                await conn.execute(
+                free = (
                     sa.select(tasks.c.id)
-                    .where(tasks.c.id.in_({task_id for task_id, _ in chunk}))
+                    .where(mine)
                     .order_by(tasks.c.id)
-                    .with_for_update()
+                    .with_for_update(skip_locked=True)
+                    .cte("free")
                 )
-            rows = await conn.execute(
+                where = sa.and_(tasks.c.id.in_(ids), tasks.c.id.in_(sa.select(free.c.id)))
+            return (
                 tasks.update()
-                .where(
-                    tasks.c.id.in_({task_id for task_id, _ in chunk}),
-                    tasks.c.lease_owner.in_({token for _, token in chunk}),
-                    tasks.c.status == PROCESSING,
-                )
+                .where(where)
                 .values(lease_expires_at=now + lease_seconds, updated_at=now)
                 .returning(tasks.c.id, tasks.c.lease_owner, tasks.c.cancel_requested)
             )
+
+        def count(rows: Any) -> None:
             for task_id, owner, cancel in rows:
                 if wanted.get(owner) == task_id:  # a token belongs to one attempt
                     owned[owner] = bool(cancel)
@@ -313,7 +330,7 @@ class TaskQueue(TaskClaims, TaskReads, TaskMaintenance):
         async def raise_progress(conn: AsyncConnection) -> None:
             changed = [
                 {"task_id": wanted[token], "token": token, "pct": pct}
-                for token, pct in (progress or {}).items()
+                for token, pct in sorted((progress or {}).items(), key=lambda i: wanted[i[0]])
                 if token in owned
             ]
             if changed:
@@ -328,36 +345,39 @@ class TaskQueue(TaskClaims, TaskReads, TaskMaintenance):
         size = self.HEARTBEAT_CHUNK if self.is_postgres else self.SQLITE_HEARTBEAT_CHUNK
         ordered = sorted(leases)
         chunks = [ordered[start : start + size] for start in range(0, len(ordered), size)]
-        if self.is_postgres:
-            for attempt in range(3):
-                try:
-                    async with begin_write(self.engine) as conn:
-                        for chunk in chunks:
-                            await renew(conn, chunk)
-                        await raise_progress(conn)
-                    return owned
-                except sa.exc.DBAPIError as exc:
-                    # A locker that does not take rows in id order (a claim of
-                    # resumed tasks) can still meet a renewal: PostgreSQL rolls one back.
-                    if "deadlock" not in str(exc) or attempt == 2:
-                        raise
-                    owned.clear()
-            return owned
-        # SQLite: a transaction per chunk, so that a client's write waiting for the one write
-        # lock (a submit) goes between two chunks instead of after a thousand leases.
+        # SQLite: a transaction per chunk too, so that a client's write waiting for the one
+        # write lock (a submit) goes between two chunks instead of after a thousand leases.
         for chunk in chunks:
             async with begin_write(self.engine) as conn:
-                await renew(conn, chunk)
+                count(await conn.execute(renewal(chunk)))
+        if self.is_postgres:
+            held = [(task_id, token) for task_id, token in leases if token not in owned]
+            for start in range(0, len(held), size):
+                count(await self._still_owned(held[start : start + size]))
         if progress:
             async with begin_write(self.engine) as conn:
                 await raise_progress(conn)
         return owned
 
-    async def flush_progress(self, progress: Mapping[str, tuple[str, int]]) -> None:
-        """Raise the progress of running attempts, `{token: (task id, percent)}`, in one
-        fenced statement (executed per row) in one grouped transaction; never lowering it."""
+    async def _still_owned(self, leases: Sequence[tuple[str, str]]) -> list[Any]:
+        """`(id, lease_owner, cancel_requested)` of the tasks among `leases` still processing
+        under one of their tokens: a plain read, which waits for no lock."""
+        query = sa.select(tasks.c.id, tasks.c.lease_owner, tasks.c.cancel_requested).where(
+            tasks.c.id.in_({task_id for task_id, _ in leases}),
+            tasks.c.lease_owner.in_({token for _, token in leases}),
+            tasks.c.status == PROCESSING,
+        )
+        async with self.read_engine.connect() as conn:
+            return list((await conn.execute(query)).all())
+
+    async def flush_progress(self, progress: Mapping[str, tuple[str, int]]) -> set[str]:
+        """Raise the progress of running attempts, `{token: (task id, percent)}`, never lowering
+        it; the tokens whose progress was written (or needed no writing). On SQLite in one
+        fenced statement (executed per row) in one grouped transaction. On PostgreSQL in one
+        statement that, like the lease renewal, skips the rows another transaction holds: their
+        progress is left out of the answer, to be sent again at the next flush."""
         if not progress:
-            return
+            return set()
         rows = sorted(
             (
                 {"task_id": tid, "token": token, "pct": pct}
@@ -371,13 +391,42 @@ class TaskQueue(TaskClaims, TaskReads, TaskMaintenance):
         async def write(conn: AsyncConnection) -> None:
             await conn.execute(stmt, rows)
 
-        if self.is_postgres:
-            # Rows locked in task id order, in a transaction of their own: a group's writes
-            # and the lease renewals lock in that order too, so none of them can deadlock.
+        if not self.is_postgres:
+            await self.writes.run(write)
+            return set(progress)
+        written: set[str] = set()
+        size = self.HEARTBEAT_CHUNK  # rows per statement: 4 bound parameters each
+        for start in range(0, len(rows), size):
+            chunk = rows[start : start + size]
+            given = sa.values(
+                sa.column("id", sa.String),
+                sa.column("token", sa.String),
+                sa.column("pct", sa.Integer),
+                name="given",
+            ).data([(row["task_id"], row["token"], row["pct"]) for row in chunk])
+            free = (
+                sa.select(tasks.c.id)
+                .where(
+                    tasks.c.id.in_([row["task_id"] for row in chunk]),
+                    tasks.c.status == PROCESSING,
+                )
+                .order_by(tasks.c.id)
+                .with_for_update(skip_locked=True)
+                .cte("free")
+            )
+            update = (
+                tasks.update()
+                .where(
+                    tasks.c.id == given.c.id,
+                    tasks.c.lease_owner == given.c.token,
+                    tasks.c.id.in_(sa.select(free.c.id)),
+                )
+                .values(progress=_raised(given.c.pct))
+                .returning(tasks.c.lease_owner)
+            )
             async with begin_write(self.engine) as conn:
-                await write(conn)
-            return
-        await self.writes.run(write)
+                written.update(str(owner) for (owner,) in await conn.execute(update))
+        return written
 
     async def cancel_requests(self) -> set[str]:
         """The lease tokens of running attempts whose client asked to cancel: one read, through

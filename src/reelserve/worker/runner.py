@@ -286,10 +286,9 @@ class Worker:
             if pct > ctx.sent_progress:
                 progress[ctx.token] = (ctx.task_id, pct)
         if progress:
-            await self.parts.queue.flush_progress(progress)
-            for token, (_, pct) in progress.items():
+            for token in await self.parts.queue.flush_progress(progress):
                 if (sent := contexts.get(token)) is not None:
-                    sent.sent_progress = pct
+                    sent.sent_progress = progress[token][1]
         for token in await self.parts.queue.cancel_requests():
             if (asked := contexts.get(token)) is not None:
                 asked.stop("cancel")

@@ -294,11 +294,13 @@ class TaskQueue(TaskClaims, TaskReads, TaskMaintenance):
         flight, a renewal that locked every row waited up to 21 s behind the worker's own
         writes, each held open by a busy event loop (bench/inflight.py), and the leases of the
         tasks claimed first expired."""
-        now = time.time()
         owned: dict[str, bool] = {}
         wanted = dict((token, task_id) for task_id, token in leases)
 
         def renewal(chunk: Sequence[tuple[str, str]]) -> sa.Update:
+            # From when this chunk goes, not when the renewal began: a slow renewal of many
+            # chunks must not leave its last ones a short lease.
+            now = time.time()
             ids = {task_id for task_id, _ in chunk}
             mine = sa.and_(
                 tasks.c.id.in_(ids),

@@ -253,7 +253,10 @@ class Worker:
         took = time.monotonic() - started
         self.parts.metrics.lease_renewal(took)
         lost = 0
+        running = self.attempts.contexts
         for ctx in contexts:
+            if running.get(ctx.token) is not ctx:
+                continue  # it ended during the renewal (its task completed, say): not lost
             if ctx.token not in owned:
                 lost += ctx.stop_reason is None
                 ctx.stop("lost")

@@ -83,6 +83,59 @@ def _fenced(task_id: Bound, token: Bound) -> sa.Update:
     )
 
 
+# PostgreSQL's renewal, progress flush and ownership read: a worker's leases as arrays, one
+# constant statement each (prepared once per connection, whatever the number of leases; IN lists
+# or VALUES rows made a new statement for every count, compiled and prepared again each time:
+# the worker's memory grew by a third and a completion took 16 s instead of 0.2 s to land).
+# Rows another transaction holds are skipped (`FOR UPDATE SKIP LOCKED`), in id order.
+_GIVEN_LEASES = """
+    given AS (
+        SELECT * FROM unnest(CAST(:ids AS VARCHAR[]), CAST(:tokens AS VARCHAR[]))
+            AS g(id, token)
+    )"""
+_RENEW_ON_POSTGRES = sa.text(
+    f"""
+    WITH {_GIVEN_LEASES},
+    free AS (
+        SELECT t.id FROM tasks AS t JOIN given ON t.id = given.id AND t.lease_owner = given.token
+        WHERE t.status = '{PROCESSING}'
+        ORDER BY t.id
+        FOR UPDATE OF t SKIP LOCKED
+    )
+    UPDATE tasks SET lease_expires_at = :until, updated_at = :now
+    FROM free WHERE tasks.id = free.id
+    RETURNING tasks.id, tasks.lease_owner, tasks.cancel_requested
+    """
+)
+_STILL_OWNED_ON_POSTGRES = sa.text(
+    f"""
+    WITH {_GIVEN_LEASES}
+    SELECT t.id, t.lease_owner, t.cancel_requested
+    FROM tasks AS t JOIN given ON t.id = given.id AND t.lease_owner = given.token
+    WHERE t.status = '{PROCESSING}'
+    """
+)
+_RAISE_PROGRESS_ON_POSTGRES = sa.text(
+    f"""
+    WITH given AS (
+        SELECT * FROM unnest(
+            CAST(:ids AS VARCHAR[]), CAST(:tokens AS VARCHAR[]), CAST(:pcts AS INTEGER[])
+        ) AS g(id, token, pct)
+    ),
+    free AS (
+        SELECT t.id, given.pct FROM tasks AS t
+        JOIN given ON t.id = given.id AND t.lease_owner = given.token
+        WHERE t.status = '{PROCESSING}'
+        ORDER BY t.id
+        FOR UPDATE OF t SKIP LOCKED
+    )
+    UPDATE tasks SET progress = GREATEST(tasks.progress, free.pct)
+    FROM free WHERE tasks.id = free.id
+    RETURNING tasks.lease_owner
+    """
+)
+
+
 def _raised(progress: int | sa.ColumnElement[int]) -> sa.ColumnElement[int]:
     """`max(progress, new)`: progress never goes back."""
     return sa.case((tasks.c.progress < progress, progress), else_=tasks.c.progress)
@@ -297,29 +350,27 @@ class TaskQueue(TaskClaims, TaskReads, TaskMaintenance):
         owned: dict[str, bool] = {}
         wanted = dict((token, task_id) for task_id, token in leases)
 
-        def renewal(chunk: Sequence[tuple[str, str]]) -> sa.Update:
+        async def renewal(conn: AsyncConnection, chunk: Sequence[tuple[str, str]]) -> Any:
             # From when this chunk goes, not when the renewal began: a slow renewal of many
             # chunks must not leave its last ones a short lease.
             now = time.time()
-            ids = {task_id for task_id, _ in chunk}
-            mine = sa.and_(
-                tasks.c.id.in_(ids),
-                tasks.c.lease_owner.in_({token for _, token in chunk}),
-                tasks.c.status == PROCESSING,
-            )
-            where: sa.ColumnElement[bool] = mine
             if self.is_postgres:
-                free = (
-                    sa.select(tasks.c.id)
-                    .where(mine)
-                    .order_by(tasks.c.id)
-                    .with_for_update(skip_locked=True)
-                    .cte("free")
+                return await conn.execute(
+                    _RENEW_ON_POSTGRES,
+                    {
+                        "ids": [task_id for task_id, _ in chunk],
+                        "tokens": [token for _, token in chunk],
+                        "until": now + lease_seconds,
+                        "now": now,
+                    },
                 )
-                where = sa.and_(tasks.c.id.in_(ids), tasks.c.id.in_(sa.select(free.c.id)))
-            return (
+            return await conn.execute(
                 tasks.update()
-                .where(where)
+                .where(
+                    tasks.c.id.in_({task_id for task_id, _ in chunk}),
+                    tasks.c.lease_owner.in_({token for _, token in chunk}),
+                    tasks.c.status == PROCESSING,
+                )
                 .values(lease_expires_at=now + lease_seconds, updated_at=now)
                 .returning(tasks.c.id, tasks.c.lease_owner, tasks.c.cancel_requested)
             )
@@ -351,7 +402,7 @@ class TaskQueue(TaskClaims, TaskReads, TaskMaintenance):
         # write lock (a submit) goes between two chunks instead of after a thousand leases.
         for chunk in chunks:
             async with begin_write(self.engine) as conn:
-                count(await conn.execute(renewal(chunk)))
+                count(await renewal(conn, chunk))
         if self.is_postgres:
             held = [(task_id, token) for task_id, token in leases if token not in owned]
             for start in range(0, len(held), size):
@@ -364,13 +415,9 @@ class TaskQueue(TaskClaims, TaskReads, TaskMaintenance):
     async def _still_owned(self, leases: Sequence[tuple[str, str]]) -> list[Any]:
         """`(id, lease_owner, cancel_requested)` of the tasks among `leases` still processing
         under one of their tokens: a plain read, which waits for no lock."""
-        query = sa.select(tasks.c.id, tasks.c.lease_owner, tasks.c.cancel_requested).where(
-            tasks.c.id.in_({task_id for task_id, _ in leases}),
-            tasks.c.lease_owner.in_({token for _, token in leases}),
-            tasks.c.status == PROCESSING,
-        )
+        params = {"ids": [t for t, _ in leases], "tokens": [token for _, token in leases]}
         async with self.read_engine.connect() as conn:
-            return list((await conn.execute(query)).all())
+            return list((await conn.execute(_STILL_OWNED_ON_POSTGRES, params)).all())
 
     async def flush_progress(self, progress: Mapping[str, tuple[str, int]]) -> set[str]:
         """Raise the progress of running attempts, `{token: (task id, percent)}`, never lowering
@@ -397,37 +444,17 @@ class TaskQueue(TaskClaims, TaskReads, TaskMaintenance):
             await self.writes.run(write)
             return set(progress)
         written: set[str] = set()
-        size = self.HEARTBEAT_CHUNK  # rows per statement: 4 bound parameters each
+        size = self.HEARTBEAT_CHUNK
         for start in range(0, len(rows), size):
             chunk = rows[start : start + size]
-            given = sa.values(
-                sa.column("id", sa.String),
-                sa.column("token", sa.String),
-                sa.column("pct", sa.Integer),
-                name="given",
-            ).data([(row["task_id"], row["token"], row["pct"]) for row in chunk])
-            free = (
-                sa.select(tasks.c.id)
-                .where(
-                    tasks.c.id.in_([row["task_id"] for row in chunk]),
-                    tasks.c.status == PROCESSING,
-                )
-                .order_by(tasks.c.id)
-                .with_for_update(skip_locked=True)
-                .cte("free")
-            )
-            update = (
-                tasks.update()
-                .where(
-                    tasks.c.id == given.c.id,
-                    tasks.c.lease_owner == given.c.token,
-                    tasks.c.id.in_(sa.select(free.c.id)),
-                )
-                .values(progress=_raised(given.c.pct))
-                .returning(tasks.c.lease_owner)
-            )
+            params = {
+                "ids": [row["task_id"] for row in chunk],
+                "tokens": [row["token"] for row in chunk],
+                "pcts": [row["pct"] for row in chunk],
+            }
             async with begin_write(self.engine) as conn:
-                written.update(str(owner) for (owner,) in await conn.execute(update))
+                result = await conn.execute(_RAISE_PROGRESS_ON_POSTGRES, params)
+                written.update(str(owner) for (owner,) in result)
         return written
 
     async def cancel_requests(self) -> set[str]:

@@ -17,13 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from reelserve.domain.ids import task_id
 from reelserve.domain.result import StoredVideo, TaskResult, TaskView
 from reelserve.domain.task import TaskStatus
-from reelserve.store.db import (
-    create_engine,
-    create_read_engine,
-    current_revision,
-    head_revision,
-    upgrade,
-)
+from reelserve.store.db import create_engine, current_revision, head_revision, upgrade
 from reelserve.store.queue import CancelOutcome, IdempotencyConflict, TaskQueue
 from reelserve.store.tables import CANCEL_REQUESTED, tasks
 from tests.databases import database_url
@@ -59,42 +53,6 @@ async def _submit(queue: TaskQueue, key: str = "key_a", **kw: object) -> str:
     )
     assert created and task.status is TaskStatus.PENDING and task.progress == 0
     return tid
-
-
-async def test_status_polls_on_postgresql_read_outside_any_transaction(db_url: str) -> None:
-    """The read engine of status polls (`create_read_engine`) sends no BEGIN and no ROLLBACK
-    around a read: each statement is a transaction of its own, so `now()` moves between two
-    statements of one connection (inside a transaction it stays the transaction's start). A
-    poll through it sees each committed change. SQLite has none: its polls have their own
-    reader."""
-    engine = create_engine(db_url)
-    await upgrade(engine)
-    read = create_read_engine(engine)
-    try:
-        if read is None:
-            assert engine.dialect.name == "sqlite"
-            return
-        queue = TaskQueue(engine, read_engine=read)
-        tid = await _submit(queue)
-        seen = await queue.view(tid, "key_a")
-        assert seen is not None and seen.status is TaskStatus.PENDING
-        assert await queue.claim("w", lease_seconds=30, max_attempts=3) is not None
-        seen = await queue.view(tid, "key_a")
-        assert seen is not None and seen.status is TaskStatus.PROCESSING
-        async with read.connect() as conn:
-            first = (await conn.execute(sa.text("SELECT now()"))).scalar_one()
-            await asyncio.sleep(0.02)
-            second = (await conn.execute(sa.text("SELECT now()"))).scalar_one()
-        assert second > first
-        async with engine.connect() as conn:  # the main engine, for contrast
-            first = (await conn.execute(sa.text("SELECT now()"))).scalar_one()
-            await asyncio.sleep(0.02)
-            second = (await conn.execute(sa.text("SELECT now()"))).scalar_one()
-        assert second == first
-    finally:
-        if read is not None:
-            await read.dispose()
-        await engine.dispose()
 
 
 async def test_the_task_table_leaves_room_for_updates_in_place(queue: TaskQueue) -> None:

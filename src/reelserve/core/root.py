@@ -25,7 +25,7 @@ from reelserve.settings import Settings
 from reelserve.storage.base import Storage
 from reelserve.storage.factory import open_storage
 from reelserve.storage.signing import Signer
-from reelserve.store.db import create_engine, create_read_engine, upgrade
+from reelserve.store.db import create_engine, upgrade
 from reelserve.store.keys import KeyStore
 from reelserve.store.ledger import LedgerStore
 from reelserve.store.limits import LimitReads
@@ -90,7 +90,7 @@ class Reelserve:
         capabilities = build_capabilities(settings, providers)
         return cls(
             settings=settings,
-            queue=TaskQueue(engine, read_engine=create_read_engine(engine)),
+            queue=TaskQueue(engine),
             keys=KeyStore(engine),
             webhooks=WebhookStore(engine, settings.signing_key()),
             storage=open_storage(settings),
@@ -104,8 +104,6 @@ class Reelserve:
 
     async def close(self) -> None:
         self.queue.close()
-        if self.queue.read_engine is not self.queue.engine:
-            await self.queue.read_engine.dispose()
         await self.queue.engine.dispose()
 
     async def ready(self) -> None:

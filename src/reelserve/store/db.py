@@ -44,24 +44,6 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
 
 
-def create_read_engine(engine: AsyncEngine, *, pool_size: int = 10) -> AsyncEngine | None:
-    """PostgreSQL: a second engine on the same database for single-statement reads (status
-    polls), its connections in autocommit. Through the main engine a poll is six round trips:
-    the pool's liveness ping wrapped in BEGIN and ROLLBACK, then BEGIN, the SELECT and ROLLBACK
-    (the driver opens a transaction for every statement outside autocommit); here it is two,
-    the bare ping and the SELECT, which reads what is committed as it would in a transaction
-    of its own. None on SQLite, whose polls have a reader of their own (reads.py)."""
-    if engine.dialect.name != "postgresql":
-        return None
-    return create_async_engine(
-        engine.url,
-        pool_size=pool_size,
-        max_overflow=pool_size,
-        pool_pre_ping=True,
-        isolation_level="AUTOCOMMIT",
-    )
-
-
 class WriteTurns:
     """Turns at one SQLite database's write lock among the writers of this process, with two
     lines: clients' writes (submits, cancels: someone waits on the answer) go before the

@@ -142,11 +142,8 @@ def _raised(progress: int | sa.ColumnElement[int]) -> sa.ColumnElement[int]:
 
 
 class TaskQueue(TaskClaims, TaskReads, TaskMaintenance):
-    def __init__(self, engine: AsyncEngine, *, read_engine: AsyncEngine | None = None) -> None:
-        """`read_engine`: where status polls read, an autocommit engine on PostgreSQL
-        (db.create_read_engine), owned by the caller; the main engine where none is given."""
+    def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
-        self.read_engine = read_engine or engine
         # The fenced writes of running tasks, grouped; in lanes side by side on PostgreSQL.
         postgres = engine.dialect.name == "postgresql"
         self.writes = WriteGroups(engine, lanes=POSTGRES_LANES if postgres else 1)
@@ -416,7 +413,7 @@ class TaskQueue(TaskClaims, TaskReads, TaskMaintenance):
         """`(id, lease_owner, cancel_requested)` of the tasks among `leases` still processing
         under one of their tokens: a plain read, which waits for no lock."""
         params = {"ids": [t for t, _ in leases], "tokens": [token for _, token in leases]}
-        async with self.read_engine.connect() as conn:
+        async with self.engine.connect() as conn:
             return list((await conn.execute(_STILL_OWNED_ON_POSTGRES, params)).all())
 
     async def flush_progress(self, progress: Mapping[str, tuple[str, int]]) -> set[str]:

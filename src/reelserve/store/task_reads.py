@@ -1,8 +1,7 @@
 """Every read of task rows: whole rows for the operations that need the spec, views for status
 polls and event streams, the listings, and the counts of the metrics scrape.
 
-A status poll is one statement on both engines (on PostgreSQL through the queue's autocommit
-read engine: two round trips instead of six): the view's columns and, while the task is
+A status poll is one statement on both engines: the view's columns and, while the task is
 pending, its queue position, counted by `position_of` in the claim's fair order (the pending
 tasks a claim takes first; the standalone `queue_position` counts with the same expression).
 On SQLite the poll runs on the `SqliteReader` (reads.py: about 10 us instead of a millisecond
@@ -133,7 +132,6 @@ class TaskReads:
     """The reads of `TaskQueue` (queue.py), which sets `engine` and `reader`."""
 
     engine: AsyncEngine
-    read_engine: AsyncEngine  # status polls (autocommit on PostgreSQL, db.create_read_engine)
     reader: SqliteReader | None  # SQLite files only
 
     async def get(self, task_id: str, api_key_id: str | None = None) -> TaskRecord | None:
@@ -151,7 +149,7 @@ class TaskReads:
             rows = await self.reader.fetch(_POLL_ON_SQLITE, task_id=task_id, api_key_id=api_key_id)
             row: Sequence[Any] | None = rows[0] if rows else None
         else:
-            async with self.read_engine.connect() as conn:
+            async with self.engine.connect() as conn:
                 params = {"task_id": task_id, "api_key_id": api_key_id}
                 row = (await conn.execute(_POLL, params)).first()
         if row is None:
@@ -164,7 +162,7 @@ class TaskReads:
         found: dict[str, TaskView] = {}
         if not ids:
             return found
-        async with self.read_engine.connect() as conn:
+        async with self.engine.connect() as conn:
             for start in range(0, len(ids), _IN_CHUNK):
                 chunk = list(ids[start : start + _IN_CHUNK])
                 query = sa.select(*_VIEW_COLUMNS).where(_t.c.id.in_(chunk))

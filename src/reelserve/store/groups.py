@@ -15,8 +15,8 @@ bad write fails alone.
 On PostgreSQL, which runs transactions side by side, the writes go in `POSTGRES_LANES` lanes,
 each with its own flusher, by task: a task's writes all go in one lane, in the order they came,
 and two lanes never lock the same task row (each group locks its rows in task id order, as the
-lease renewals and the reaper do, so none of them can deadlock another; a claim of resumed
-tasks still can meet a renewal, which is then tried again). One flusher ran one group at a time,
+lease renewals and the reaper do, and renewals and the reaper skip rows another transaction
+holds, so none of them can deadlock another). One flusher ran one group at a time,
 each write a few statements, one round trip each: at 3,000 tasks in flight a completion waited
 3 s in that line. SQLite has one write lock, so it has one lane.
 """

@@ -303,7 +303,7 @@ async def test_a_renewal_held_up_by_the_database_is_logged_and_measured(
     logged = [r.getMessage() for r in caplog.records if "renewing 1 leases took" in r.getMessage()]
     slow = max(logged, key=lambda message: float(message.split(" took ")[1].split(" s,")[0]))
     took = float(slow.split(" took ")[1].split(" s,")[0])
-    assert 0.6 < took < 1.5, slow  # due every 0.5 s, it waited at least 0.7 s of the 1.2 s
+    assert 0.6 < took < 5, slow  # due every 0.5 s, it waited at least 0.7 s of the 1.2 s
     assert "0 attempt(s) found their lease lost" in slow
     count = registry.get_sample_value("reelserve_lease_renewal_seconds_count")
     total = registry.get_sample_value("reelserve_lease_renewal_seconds_sum")

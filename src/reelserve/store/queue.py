@@ -84,9 +84,9 @@ def _fenced(task_id: Bound, token: Bound) -> sa.Update:
 
 
 # PostgreSQL's renewal, progress flush and ownership read: a worker's leases as arrays, one
-# constant statement each (prepared once per connection, whatever the number of leases; IN lists
-# or VALUES rows made a new statement for every count, compiled and prepared again each time:
-# the worker's memory grew by a third and a completion took 16 s instead of 0.2 s to land).
+# constant statement each, prepared once per connection whatever the number of leases (IN lists
+# or VALUES rows made a new statement for every count). With 10,000 leases a renewal took
+# 0.12-0.2 s against 0.3-0.4 s with IN lists, a flush 0.15-0.2 s against 1.3 s with VALUES.
 # Rows another transaction holds are skipped (`FOR UPDATE SKIP LOCKED`), in id order.
 _GIVEN_LEASES = """
     given AS (
@@ -431,13 +431,14 @@ class TaskQueue(TaskClaims, TaskReads, TaskMaintenance):
             ),
             key=lambda row: str(row["task_id"]),
         )
-        pct = sa.bindparam("pct", type_=sa.Integer)
-        stmt = _fenced(sa.bindparam("task_id"), sa.bindparam("token")).values(progress=_raised(pct))
-
-        async def write(conn: AsyncConnection) -> None:
-            await conn.execute(stmt, rows)
-
         if not self.is_postgres:
+            pct = sa.bindparam("pct", type_=sa.Integer)
+            stmt = _fenced(sa.bindparam("task_id"), sa.bindparam("token"))
+            stmt = stmt.values(progress=_raised(pct))
+
+            async def write(conn: AsyncConnection) -> None:
+                await conn.execute(stmt, rows)
+
             await self.writes.run(write)
             return set(progress)
         written: set[str] = set()

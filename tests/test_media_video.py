@@ -9,6 +9,7 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 from numpy.typing import NDArray
@@ -18,6 +19,7 @@ from reelserve.media.video import (
     VideoInfo,
     decode_frames,
     encode_mp4,
+    finish_clip,
     probe_video,
     write_thumbnail,
 )
@@ -225,3 +227,28 @@ def test_thumbnail_is_the_first_frame(tmp_path: Path) -> None:
     with Image.open(thumb) as image:
         pixels = np.asarray(image.convert("RGB"))
     assert mad(pixels, frames[0]) < 4.0
+
+
+def test_finish_clip_is_probe_and_thumbnail_on_one_open(tmp_path: Path) -> None:
+    video = tmp_path / "v.mp4"
+    frames = gradient_frames(5, 320, 180)
+    frames[0] = np.full((180, 320, 3), (30, 160, 220), dtype=np.uint8)
+    encode_mp4(video, frames, width=320, height=180, fps=FPS, audio=tone(5 / FPS))
+    info, size = finish_clip(video, tmp_path / "one" / "v.jpg", max_side=100)
+    assert info == probe_video(video)
+    assert (info.width, info.height, info.frame_count, info.has_audio) == (320, 180, 5, True)
+    assert size == write_thumbnail(video, tmp_path / "two" / "v.jpg", max_side=100) == (100, 56)
+    assert (tmp_path / "one" / "v.jpg").read_bytes() == (tmp_path / "two" / "v.jpg").read_bytes()
+    with Image.open(tmp_path / "one" / "v.jpg") as image:
+        pixels = np.asarray(image.convert("RGB"))
+    # Scaled while converted, swscale's area filter comes out a level or two darker than an
+    # unscaled decode (grey 128 gives 126); JPEG adds its own error.
+    assert mad(pixels, np.full((56, 100, 3), (30, 160, 220), dtype=np.uint8)) < 6.0
+
+
+def test_finish_clip_refuses_a_file_without_video(tmp_path: Path) -> None:
+    not_video = tmp_path / "v.mp4"
+    not_video.write_bytes(b"\x00" * 64)
+    with pytest.raises((ValueError, av.error.FFmpegError)):
+        finish_clip(not_video, tmp_path / "v.jpg")
+    assert not (tmp_path / "v.jpg").exists()

@@ -1,8 +1,8 @@
 """Encoding, probing and decoding MP4 files with PyAV.
 
 Every clip this server hands out goes through `encode_mp4` (the sandbox and local providers) or at
-least through `probe_video` and `write_thumbnail` (all providers), so the choices made here are the
-ones clients see:
+least through `finish_clip` (all providers: `probe_video` and `write_thumbnail` on one open), so
+the choices made here are the ones clients see:
 
 * H.264 High profile in yuv420p: the only combination every browser, phone and editor plays.
 * BT.709 limited range, converted explicitly and tagged in the stream, so players do not guess the
@@ -275,45 +275,61 @@ def probe_video(path: Path) -> VideoInfo:
     """Duration, size, frame rate, frame count and codecs of a video file."""
     container: InputContainer = av.open(str(path), mode="r")
     with container:
-        if not container.streams.video:
-            raise ValueError(f"{path.name} has no video stream")
-        video: VideoStream = container.streams.video[0]
-        rate = video.average_rate or video.guessed_rate or video.base_rate
-        fps = float(rate) if rate else 0.0
-        frame_count = int(video.frames)
-        if frame_count <= 0:
-            frame_count = _count_frames(path)
-        if rate and frame_count > 0:
-            duration = float(frame_count / rate)
-        elif video.duration is not None and video.time_base is not None:
-            duration = float(video.duration * video.time_base)
-        else:
-            duration = (container.duration or 0) / av.time_base
+        return _probe(container, path)
 
-        audio_codec: str | None = None
-        audio_duration: float | None = None
-        has_audio = bool(container.streams.audio)
-        if has_audio:
-            audio: AudioStream = container.streams.audio[0]
-            audio_codec = str(audio.codec_context.name)
-            if audio.duration is not None and audio.time_base is not None:
-                audio_duration = float(audio.duration * audio.time_base)
-            elif audio.frames and audio.codec_context.sample_rate:
-                audio_duration = audio.frames * 1024 / audio.codec_context.sample_rate
 
-        pix_fmt = video.codec_context.pix_fmt or ""
-        return VideoInfo(
-            duration=duration,
-            width=int(video.codec_context.width),
-            height=int(video.codec_context.height),
-            fps=fps,
-            frame_count=frame_count,
-            has_audio=has_audio,
-            video_codec=str(video.codec_context.name),
-            audio_codec=audio_codec,
-            pix_fmt=str(pix_fmt),
-            audio_duration=audio_duration,
-        )
+def finish_clip(
+    video_path: Path, thumb_path: Path, *, max_side: int = 640, quality: int = 85
+) -> tuple[VideoInfo, tuple[int, int]]:
+    """`probe_video` and `write_thumbnail` on one open of the file: what a worker does with
+    every clip it stores, so ten thousand remote tasks finishing pay for one open each."""
+    container: InputContainer = av.open(str(video_path), mode="r")
+    with container:
+        info = _probe(container, video_path)
+        rgb = _first_frame_small(container, video_path, max_side)
+    return info, _save_jpeg(rgb, thumb_path, quality)
+
+
+def _probe(container: InputContainer, path: Path) -> VideoInfo:
+    if not container.streams.video:
+        raise ValueError(f"{path.name} has no video stream")
+    video: VideoStream = container.streams.video[0]
+    rate = video.average_rate or video.guessed_rate or video.base_rate
+    fps = float(rate) if rate else 0.0
+    frame_count = int(video.frames)
+    if frame_count <= 0:
+        frame_count = _count_frames(path)
+    if rate and frame_count > 0:
+        duration = float(frame_count / rate)
+    elif video.duration is not None and video.time_base is not None:
+        duration = float(video.duration * video.time_base)
+    else:
+        duration = (container.duration or 0) / av.time_base
+
+    audio_codec: str | None = None
+    audio_duration: float | None = None
+    has_audio = bool(container.streams.audio)
+    if has_audio:
+        audio: AudioStream = container.streams.audio[0]
+        audio_codec = str(audio.codec_context.name)
+        if audio.duration is not None and audio.time_base is not None:
+            audio_duration = float(audio.duration * audio.time_base)
+        elif audio.frames and audio.codec_context.sample_rate:
+            audio_duration = audio.frames * 1024 / audio.codec_context.sample_rate
+
+    pix_fmt = video.codec_context.pix_fmt or ""
+    return VideoInfo(
+        duration=duration,
+        width=int(video.codec_context.width),
+        height=int(video.codec_context.height),
+        fps=fps,
+        frame_count=frame_count,
+        has_audio=has_audio,
+        video_codec=str(video.codec_context.name),
+        audio_codec=audio_codec,
+        pix_fmt=str(pix_fmt),
+        audio_duration=audio_duration,
+    )
 
 
 def _count_frames(path: Path) -> int:
@@ -337,20 +353,33 @@ def decode_frames(path: Path) -> Iterator[NDArray[np.uint8]]:
 def write_thumbnail(
     video_path: Path, out_path: Path, *, max_side: int = 640, quality: int = 85
 ) -> tuple[int, int]:
-    """Write the first frame of a video as a JPEG no larger than `max_side`; return its size.
+    """Write the first frame of a video as a JPEG no larger than `max_side`; return its size."""
+    container: InputContainer = av.open(str(video_path), mode="r")
+    with container:
+        rgb = _first_frame_small(container, video_path, max_side)
+    return _save_jpeg(rgb, out_path, quality)
+
+
+def _first_frame_small(
+    container: InputContainer, video_path: Path, max_side: int
+) -> NDArray[np.uint8]:
+    """The first video frame as RGB, fitted within `max_side`.
 
     The frame is scaled by libswscale (area averaging) straight from the decoder's format, so a
     4K frame is never converted to RGB at full size: a thousand tasks finishing at once make a
-    thousand thumbnails."""
-    container: InputContainer = av.open(str(video_path), mode="r")
-    with container:
-        stream = container.streams.video[0]
-        first: VideoFrame | None = next(iter(container.decode(stream)), None)
-        if first is None:
-            raise ValueError(f"{video_path.name} has no decodable video frame")
-        width, height = _fit_within(first.width, first.height, max_side)
-        small = first.reformat(width=width, height=height, format="rgb24", interpolation="AREA")
-        rgb = cast("NDArray[np.uint8]", small.to_ndarray())
+    thousand thumbnails. One frame is decoded on one thread: the decoder's frame threads only
+    add start-up cost and delay before the first frame comes out."""
+    stream = container.streams.video[0]
+    stream.codec_context.thread_count = 1
+    first: VideoFrame | None = next(iter(container.decode(stream)), None)
+    if first is None:
+        raise ValueError(f"{video_path.name} has no decodable video frame")
+    width, height = _fit_within(first.width, first.height, max_side)
+    small = first.reformat(width=width, height=height, format="rgb24", interpolation="AREA")
+    return cast("NDArray[np.uint8]", small.to_ndarray())
+
+
+def _save_jpeg(rgb: NDArray[np.uint8], out_path: Path, quality: int) -> tuple[int, int]:
     image = Image.fromarray(rgb)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     image.save(out_path, format="JPEG", quality=quality)

@@ -11,7 +11,7 @@ import logging
 import time
 
 from reelserve.domain.result import StoredVideo, TaskResult
-from reelserve.media.video import probe_video, write_thumbnail
+from reelserve.media.video import finish_clip
 from reelserve.providers.base import Clip, Usage, Withheld
 from reelserve.store.queue import TaskRecord
 from reelserve.store.usage import UsageRecord
@@ -26,9 +26,8 @@ async def store_results(
     storage = parts.storage
 
     def _finish(index: int, clip: Clip) -> StoredVideo:
-        info = probe_video(clip.path)
         thumb = clip.path.with_suffix(".jpg")
-        write_thumbnail(clip.path, thumb)
+        info, _ = finish_clip(clip.path, thumb)
         video_key = f"{task.id}/{index}.mp4"
         thumb_key = f"{task.id}/{index}.jpg"
         size = storage.put_file(video_key, clip.path)

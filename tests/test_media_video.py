@@ -252,3 +252,31 @@ def test_finish_clip_refuses_a_file_without_video(tmp_path: Path) -> None:
     with pytest.raises((ValueError, av.error.FFmpegError)):
         finish_clip(not_video, tmp_path / "v.jpg")
     assert not (tmp_path / "v.jpg").exists()
+
+
+def test_thumbnail_of_a_stream_that_opens_without_a_keyframe(tmp_path: Path) -> None:
+    """A stream cut after its first keyframe opens on P-frames that cannot be decoded: the
+    thumbnail is the first frame a decoder gives, from the next keyframe on."""
+    video = tmp_path / "cut.mp4"
+    red, green = (200, 40, 40), (20, 200, 60)
+    with av.open(str(video), "w", format="mp4") as out:
+        stream = out.add_stream(
+            "libx264", rate=24, options={"x264-params": "keyint=4:min-keyint=4:bframes=0"}
+        )
+        stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
+        packets = []
+        for i in range(8):
+            rgb = np.full((H, W, 3), red if i < 4 else green, dtype=np.uint8)
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            frame.pts = i
+            packets += stream.encode(frame)
+        packets += stream.encode(None)
+        assert packets[0].is_keyframe and not packets[1].is_keyframe
+        for packet in packets[1:]:
+            out.mux(packet)
+    info, size = finish_clip(video, tmp_path / "cut.jpg")
+    assert (info.frame_count, size) == (7, (W, H))
+    with Image.open(tmp_path / "cut.jpg") as image:
+        pixels = np.asarray(image.convert("RGB"))
+    assert mad(pixels, np.full((H, W, 3), green, dtype=np.uint8)) < 4.0
+    assert mad(pixels, next(decode_frames(video))) < 4.0

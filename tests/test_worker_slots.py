@@ -307,7 +307,8 @@ async def test_a_renewal_held_up_by_the_database_is_logged_and_measured(
     assert "0 attempt(s) found their lease lost" in slow
     count = registry.get_sample_value("reelserve_lease_renewal_seconds_count")
     total = registry.get_sample_value("reelserve_lease_renewal_seconds_sum")
-    assert count is not None and count >= 2 and total is not None and total >= took
+    # The log gives the seconds to two places: the metric's sum may be up to 0.005 s below.
+    assert count is not None and count >= 2 and total is not None and total >= took - 0.005
 
 
 async def _true(value: bool) -> bool:

@@ -96,6 +96,14 @@ class Settings(BaseSettings):
         description="tasks a worker holds at once on providers that wait on a remote service "
         "(google_veo): each costs a poll now and then, not a CPU or GPU",
     )
+    worker_media_nice: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="niceness a worker's media threads (probing, thumbnails, encoding clips) run "
+        "at above its event loop's, so that status reads and submits on the same cores do not "
+        "wait behind them (Linux, where niceness is per thread); 0: the same priority",
+    )
     lease_seconds: float = Field(30.0, gt=0)
     poll_interval: float = Field(0.5, gt=0)
     progress_flush_interval: float = Field(0.5, gt=0)

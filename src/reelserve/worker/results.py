@@ -1,16 +1,17 @@
 """A finished attempt's clips, stored: probed, thumbnailed, put in storage, and the task's
 typed result (`domain.result.TaskResult`) and usage row built from them.
 
-Probing, thumbnails and storage writes block, so each clip is finished in a thread.
+Probing, thumbnails and storage writes block, so each clip is finished in a media thread
+(`media.threads`: below the API's CPU priority).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 
 from reelserve.domain.result import StoredVideo, TaskResult
+from reelserve.media.threads import in_media_thread
 from reelserve.media.video import finish_clip
 from reelserve.providers.base import Clip, Usage, Withheld
 from reelserve.store.queue import TaskRecord
@@ -47,7 +48,7 @@ async def store_results(
 
     videos = []
     for index, clip in enumerate(clips):
-        videos.append(await asyncio.to_thread(_finish, index, clip))
+        videos.append(await in_media_thread(_finish, index, clip))
     return TaskResult(
         videos=tuple(videos),
         expires_at=int(time.time()) + parts.settings.result_ttl,

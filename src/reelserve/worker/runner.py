@@ -31,6 +31,7 @@ import time
 from collections.abc import Collection
 
 from reelserve.domain.spec import GenerationSpec
+from reelserve.media.threads import set_media_niceness
 from reelserve.store.db import background_writes
 from reelserve.store.queue import TaskRecord
 from reelserve.store.task_claims import SpillClaim
@@ -128,6 +129,8 @@ class Worker:
     async def run(self, stop: asyncio.Event) -> None:
         # Everything this worker writes waits behind clients' writes (store/db.py).
         background_writes()
+        # And its media work (probes, thumbnails, encodes) behind clients' requests for CPU.
+        set_media_niceness(self.parts.settings.worker_media_nice)
         log.info(
             "worker %s started (concurrency %d compute, %d remote)",
             self.name,

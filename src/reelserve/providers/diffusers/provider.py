@@ -37,6 +37,7 @@ from PIL import Image
 from reelserve.domain.spec import GenerationSpec
 from reelserve.domain.task import ErrorCode
 from reelserve.media.images import DEFAULT_MAX_PIXELS, ImageInputError, decode_image, fit_image
+from reelserve.media.threads import in_media_thread
 from reelserve.media.video import encode_mp4
 from reelserve.providers.base import (
     Clip,
@@ -113,7 +114,7 @@ class DiffusersProvider(ProviderBase):
             )
             for index, sample in zip(group, rendered, strict=True):
                 path = ctx.workdir / f"sample_{index}.mp4"
-                await asyncio.to_thread(_encode, path, sample, plan, ctx)
+                await in_media_thread(_encode, path, sample, plan, ctx)
                 clips.append(Clip(path=path, seed=plan.seeds[index]))
                 ctx.report_progress(DENOISE_SHARE + (1 - DENOISE_SHARE) * (index + 1) / total)
         return clips

@@ -21,6 +21,7 @@ from typing import Any
 
 from reelserve.domain.task import ErrorCode
 from reelserve.media.remux import UnreadableVideo, drop_audio, stream_kinds
+from reelserve.media.threads import in_media_thread
 from reelserve.providers.base import Clip, ProviderError
 from reelserve.providers.google_veo import rules
 from reelserve.providers.google_veo.attempt import Attempt, Done
@@ -82,7 +83,7 @@ async def collect(
         run.ctx.check_cancelled()
         path = run.ctx.workdir / f"sample_{int(op['index']) + offset}.mp4"
         await _download(run, cred, sample, path)
-        await asyncio.to_thread(_check_video, path, spec.generate_audio)
+        await in_media_thread(_check_video, path, spec.generate_audio)
         clips.append(Clip(path=path, seed=seed, person_generation=person))
         run.progress(op, 0.9 + 0.1 * (offset + 1) / len(videos))
     shortfall = int(op["samples"]) - len(clips)

@@ -44,6 +44,7 @@ from reelserve.domain.models import ModelEntry
 from reelserve.domain.spec import GenerationSpec
 from reelserve.domain.task import ErrorCode
 from reelserve.media.remux import UnreadableVideo, drop_audio, stream_kinds
+from reelserve.media.threads import in_media_thread
 from reelserve.providers.base import (
     Clip,
     ProviderBase,
@@ -633,7 +634,7 @@ class RelayProvider(ProviderBase, abc.ABC):
             run.ctx.check_cancelled()
             path = run.ctx.workdir / f"sample_{index}.mp4"
             await self._download(run, video.url, path)
-            await asyncio.to_thread(self._check_video, path, run.spec.generate_audio)
+            await in_media_thread(self._check_video, path, run.spec.generate_audio)
             clips.append(Clip(path=path, seed=video.seed))
             run.ctx.report_progress(0.9 + 0.1 * (index + 1) / len(done.videos))
         run.state["delivered"] = len(clips)

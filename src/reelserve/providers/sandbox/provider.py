@@ -25,10 +25,10 @@ request and seed give the same file, not only the same pixels. Rendering and enc
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 from reelserve.domain.spec import GenerationSpec
+from reelserve.media.threads import in_media_thread
 from reelserve.media.video import encode_mp4
 from reelserve.providers.base import Clip, ProviderBase, RunContext
 from reelserve.providers.sandbox.audio import SAMPLE_RATE, render_audio
@@ -70,7 +70,7 @@ class SandboxProvider(ProviderBase):
         for index in range(spec.sample_count):
             ctx.check_cancelled()
             path = ctx.workdir / f"sample_{index}.mp4"
-            await asyncio.to_thread(self._render_sample, spec, index, ctx, path)
+            await in_media_thread(self._render_sample, spec, index, ctx, path)
             clips.append(Clip(path=path, seed=spec.sample_seed(index)))
         ctx.report_progress(1.0)
         return clips

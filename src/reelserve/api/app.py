@@ -35,6 +35,7 @@ from reelserve.api.routes import (
 )
 from reelserve.api.watch import TaskWatcher
 from reelserve.core import Reelserve
+from reelserve.core.heap import freeze_startup_heap
 from reelserve.metrics import Metrics
 from reelserve.settings import Settings
 from reelserve.worker.runner import Worker
@@ -98,9 +99,11 @@ def create_app(
     *,
     run_worker: bool | None = None,
     exit_when_stuck: bool = False,
+    freeze_heap: bool = False,
 ) -> FastAPI:
     """The app; `exit_when_stuck` (for `reelserve serve`) lets the in-process worker end the
-    process when a provider thread ignores the shutdown (see `Worker`)."""
+    process when a provider thread ignores the shutdown (see `Worker`); `freeze_heap` (for
+    `reelserve serve` too) freezes the objects alive after startup (`core.heap`)."""
     settings = settings or Settings()
     start_worker = settings.in_process_worker if run_worker is None else run_worker
     metrics = Metrics()
@@ -118,6 +121,8 @@ def create_app(
             service.tasks.on_submit(worker.wake)
             worker_task = asyncio.create_task(worker.run(stop))
             app.state.worker = worker
+        if freeze_heap:
+            freeze_startup_heap()
         try:
             yield
         finally:

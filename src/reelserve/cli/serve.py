@@ -66,7 +66,7 @@ def serve(
         secret = asyncio.run(mint_key(settings, "test", "quickstart"))
         print(_quickstart(base, secret), flush=True)
     uvicorn.run(
-        create_app(settings, exit_when_stuck=True),
+        create_app(settings, exit_when_stuck=True, freeze_heap=True),
         host=host,
         port=port,
         log_level=log_level.lower(),

@@ -109,6 +109,7 @@ async def _run_worker(
     remote_concurrency: int | None = None,
 ) -> None:
     from reelserve.core import Reelserve
+    from reelserve.core.heap import freeze_startup_heap
     from reelserve.worker.runner import Worker
 
     service = await Reelserve.open(settings, metrics=metrics)
@@ -130,6 +131,7 @@ async def _run_worker(
         models=models,
         exit_when_stuck=True,
     )
+    freeze_startup_heap()
     try:
         await worker.run(stop)
     finally:

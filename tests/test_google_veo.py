@@ -672,7 +672,8 @@ def test_test_keys_never_reach_google(gemini: LiveServer, fake: FakeGoogle) -> N
 def test_operation_that_never_finishes_times_out(gemini_fake: FakeGoogle, tmp_path: Path) -> None:
     gemini_fake.reset()
     gemini_fake.finish = False
-    settings = make_settings(tmp_path / "data", google=gemini_settings(gemini_fake, deadline=1.5))
+    # 3 s: room for the two polls asserted below on a loaded machine (1.5 s failed once).
+    settings = make_settings(tmp_path / "data", google=gemini_settings(gemini_fake, deadline=3))
     live = LiveServer(settings).start()
     try:
         with live.client(live.mint("live")) as c:

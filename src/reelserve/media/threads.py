@@ -57,11 +57,6 @@ def set_media_niceness(niceness: int) -> None:
         old.shutdown(wait=False)  # its running jobs finish; new ones go to the new pool
 
 
-def media_niceness() -> int:
-    """The niceness media threads started from now on are given."""
-    return _niceness
-
-
 async def in_media_thread(func: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
     """`func(*args, **kwargs)` in a media thread; the context variables go with it, as with
     `asyncio.to_thread`."""

@@ -285,7 +285,8 @@ async def test_a_renewal_held_up_by_the_database_is_logged_and_measured(
         await asyncio.wait_for(provider.started.wait(), 30)
         await asyncio.sleep(0.6)  # one renewal in the clear
         path = settings.resolved_database_url.split("///", 1)[-1]
-        holder = sqlite3.connect(path, isolation_level=None)
+        # Up to 30 s for the lock (the default 5 s ran out once on a loaded CI machine).
+        holder = sqlite3.connect(path, isolation_level=None, timeout=30)
         holder.execute("BEGIN IMMEDIATE")
         await asyncio.sleep(1.2)
         holder.execute("COMMIT")

@@ -264,7 +264,7 @@ def run_one(label: str, src: Path, args: argparse.Namespace, fake: SpreadFake) -
             idle_probe.start()
             time.sleep(5)
             idle_stop.set()
-            idle_gets, _ = idle_out.recv()
+            idle_gets = [latency for _, latency in idle_out.recv()[0]]
             idle_probe.join(timeout=30)
 
             t0 = time.monotonic()
@@ -294,6 +294,7 @@ def run_one(label: str, src: Path, args: argparse.Namespace, fake: SpreadFake) -
             op_seconds = args.polls * args.poll_interval
             window_end = t0 + 0.85 * op_seconds * (1 - args.spread)
             polling_cores = polling_commits = polling_rss = float("nan")
+            w0 = math.inf  # no polling-only window unless the one below opens
             if window_end - time.monotonic() > 3:
                 time.sleep(1)
                 c0, w0, k0 = (
@@ -316,8 +317,21 @@ def run_one(label: str, src: Path, args: argparse.Namespace, fake: SpreadFake) -
                     raise RuntimeError(f"{label}: tasks still unfinished after {args.timeout}s")
                 time.sleep(0.5)
             stop.set()
-            probe_gets, probe_submits = results_out.recv()
+            probe_gets_at, probe_submits_at = results_out.recv()
             prober.join(timeout=30)
+            probe_gets = [latency for _, latency in probe_gets_at]
+            probe_submits = [latency for _, latency in probe_submits_at]
+            # The probes that started in the polling-only window, apart.
+            polling_gets, polling_submits = (
+                [latency for at, latency in probes if w0 <= at < window_end]
+                for probes in (probe_gets_at, probe_submits_at)
+            )
+            slowest = sorted(probe_submits_at, key=lambda p: -p[1])[:5]
+            print(
+                f"  {label}: slowest submits (s after the batch's first submit, ms): "
+                + ", ".join(f"{at - t0:.1f}s {1000 * latency:.0f}" for at, latency in slowest),
+                flush=True,
+            )
             elapsed = time.monotonic() - at_start
             cores = (_cpu_seconds(measured.pid) - cpu_start) / elapsed
             api_cores = (_cpu_seconds(server.pid) - api_cpu_start) / elapsed
@@ -361,6 +375,8 @@ def run_one(label: str, src: Path, args: argparse.Namespace, fake: SpreadFake) -
         "idle_get_p99_ms": 1000 * _pct(idle_gets, 0.99),
         "probe_get_p50_ms": 1000 * _pct(probe_gets, 0.5),
         "probe_get_p99_ms": 1000 * _pct(probe_gets, 0.99),
+        "polling_submit_p99_ms": 1000 * _pct(polling_submits, 0.99),
+        "polling_get_p99_ms": 1000 * _pct(polling_gets, 0.99),
         "done_to_completed_p50_s": _pct(lags, 0.5),
         "done_to_completed_p99_s": _pct(lags, 0.99),
     }
@@ -377,19 +393,20 @@ def _probe(
     submits_too: bool = True,
 ) -> None:
     """The probe process: status GETs of tasks in flight every 50 ms, a submit every tenth
-    (`submits_too`); sends back (get latencies, submit latencies) once `stop` is set."""
-    gets: list[float] = []
-    submits: list[float] = []
+    (`submits_too`); sends back (gets, submits), each a list of (monotonic start, latency),
+    once `stop` is set."""
+    gets: list[tuple[float, float]] = []
+    submits: list[tuple[float, float]] = []
     with httpx.Client(base_url=base, headers=headers, timeout=60) as client:
         i = n
         while not stop.is_set():
-            started = time.perf_counter()
+            started = time.monotonic()
             client.get(f"/v1/tasks/{ids[i % n]}")
-            gets.append(time.perf_counter() - started)
+            gets.append((started, time.monotonic() - started))
             if submits_too and len(gets) % 10 == 0:
-                started = time.perf_counter()
+                started = time.monotonic()
                 client.post("/v1/videos/generations", json={**body, "prompt": f"probe {i}"})
-                submits.append(time.perf_counter() - started)
+                submits.append((started, time.monotonic() - started))
             i += 1
             time.sleep(0.05)
     out.send((gets, submits))

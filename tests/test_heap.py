@@ -15,10 +15,10 @@ from tests.support import free_port, start_worker
 def test_a_frozen_heap_still_collects_later_garbage() -> None:
     script = """
 import gc, weakref
-from reelserve.core.heap import YOUNG_THRESHOLD, freeze_startup_heap
+from reelserve.core.heap import MIDDLE_THRESHOLD, YOUNG_THRESHOLD, freeze_startup_heap
 frozen = freeze_startup_heap()
 assert frozen > 1000 and gc.get_freeze_count() == frozen, frozen
-assert gc.get_threshold()[0] == YOUNG_THRESHOLD
+assert gc.get_threshold()[:2] == (YOUNG_THRESHOLD, MIDDLE_THRESHOLD)
 class Node: pass
 a, b = Node(), Node()
 a.other, b.other = b, a

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import subprocess
 import sys
 import time
@@ -19,6 +20,7 @@ from reelserve.domain.result import StoredVideo, TaskResult, TaskView
 from reelserve.domain.task import TaskStatus
 from reelserve.store.db import create_engine, current_revision, head_revision, upgrade
 from reelserve.store.queue import CancelOutcome, IdempotencyConflict, TaskQueue
+from reelserve.store.reads import sqlite_path
 from reelserve.store.tables import CANCEL_REQUESTED, tasks
 from tests.databases import database_url
 
@@ -273,6 +275,46 @@ async def test_claim_order_and_filters(queue: TaskQueue) -> None:
     assert got is None
     got = await queue.claim("d", lease_seconds=30, max_attempts=3)
     assert got is not None and got.id == second
+
+
+async def test_a_claim_that_finds_nothing_takes_no_write_lock_on_sqlite(
+    queue: TaskQueue, db_url: str
+) -> None:
+    """SQLite: a claim first asks the read-only reader whether anything is runnable for its
+    providers and models; where nothing is, it returns at once without SQLite's write lock,
+    which another connection holds here (the claim would otherwise wait for it). Where a
+    pending or a resumable task is there, the claim waits for the lock and takes it."""
+    path = sqlite_path(db_url)
+    if path is None:
+        return  # PostgreSQL claims take no database-wide lock
+    tid = await _submit(queue)
+    holder = sqlite3.connect(path, isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        for kw in ({"providers": {"google_veo"}}, {"models": {"other"}}):
+            got = await asyncio.wait_for(
+                queue.claim_many("n:", 5, lease_seconds=30, max_attempts=3, **kw), 5
+            )
+            assert got == []
+        waiting = asyncio.ensure_future(
+            queue.claim_many("w:", 5, lease_seconds=0.05, max_attempts=3, providers={"sandbox"})
+        )
+        await asyncio.sleep(0.3)
+        assert not waiting.done()  # the pending task is runnable: the claim waits for the lock
+        holder.execute("COMMIT")
+        assert [t.id for t in await asyncio.wait_for(waiting, 30)] == [tid]
+        await asyncio.sleep(0.1)  # its lease expires: resumable on a second attempt
+        holder.execute("BEGIN IMMEDIATE")
+        exhausted = queue.claim_many("x:", 5, lease_seconds=30, max_attempts=1)
+        assert await asyncio.wait_for(exhausted, 5) == []
+        waiting = asyncio.ensure_future(queue.claim_many("r:", 5, lease_seconds=30, max_attempts=3))
+        await asyncio.sleep(0.3)
+        assert not waiting.done()
+        holder.execute("COMMIT")
+        resumed = await asyncio.wait_for(waiting, 30)
+        assert [(t.id, t.attempts) for t in resumed] == [(tid, 2)]
+    finally:
+        holder.close()
 
 
 async def test_concurrent_claims_never_share_a_task(queue: TaskQueue) -> None:

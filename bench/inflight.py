@@ -326,12 +326,16 @@ def run_one(label: str, src: Path, args: argparse.Namespace, fake: SpreadFake) -
                 [latency for at, latency in probes if w0 <= at < window_end]
                 for probes in (probe_gets_at, probe_submits_at)
             )
-            slowest = sorted(probe_submits_at, key=lambda p: -p[1])[:5]
-            print(
-                f"  {label}: slowest submits (s after the batch's first submit, ms): "
-                + ", ".join(f"{at - t0:.1f}s {1000 * latency:.0f}" for at, latency in slowest),
-                flush=True,
-            )
+            for what, probes, most in (
+                ("submits", probe_submits_at, 5),
+                ("status GETs", probe_gets_at, 10),
+            ):
+                slowest = sorted(probes, key=lambda p: -p[1])[:most]
+                print(
+                    f"  {label}: slowest {what} (s after the batch's first submit, ms): "
+                    + ", ".join(f"{at - t0:.1f}s {1000 * latency:.0f}" for at, latency in slowest),
+                    flush=True,
+                )
             elapsed = time.monotonic() - at_start
             cores = (_cpu_seconds(measured.pid) - cpu_start) / elapsed
             api_cores = (_cpu_seconds(server.pid) - api_cpu_start) / elapsed

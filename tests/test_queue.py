@@ -16,11 +16,13 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from reelserve.domain.ids import task_id
+from reelserve.domain.limits import KeyLimits
 from reelserve.domain.result import StoredVideo, TaskResult, TaskView
 from reelserve.domain.task import TaskStatus
 from reelserve.store.db import create_engine, current_revision, head_revision, upgrade
+from reelserve.store.keys import KeyStore
 from reelserve.store.queue import CancelOutcome, IdempotencyConflict, TaskQueue
-from reelserve.store.reads import sqlite_path
+from reelserve.store.reads import PostgresReader, sqlite_path
 from reelserve.store.tables import CANCEL_REQUESTED, tasks
 from tests.databases import database_url
 
@@ -703,3 +705,65 @@ async def test_a_completion_settles_at_the_cost_its_usage_row_reports(queue: Tas
         ("reserve", 0.0),
         ("settle", 0.3),
     ]
+
+
+async def test_keys_are_found_by_their_secret_on_the_stores_reader(queue: TaskQueue) -> None:
+    """Every request looks its key up by the hash of its secret, on the store's reader (inline
+    on SQLite, a plain asyncpg pool on PostgreSQL): limits, the JSON list of models and the
+    admin flag come back as the engine stores them, and a revoked key is not found."""
+    assert queue.reader is not None
+    keys = KeyStore(queue.engine, queue.reader)
+    limited, secret = await keys.create(
+        "live", "k", limits=KeyLimits(max_running=2, budget=1.5, models=("veo-3.1", "sandbox"))
+    )
+    admin, admin_secret = await keys.create("live", "ops", admin=True)
+    found = await keys.authenticate(secret)
+    assert found == limited and found.limits.models == ("veo-3.1", "sandbox")
+    assert await keys.authenticate(admin_secret) == admin and admin.admin
+    plain, plain_secret = await keys.create("test")
+    assert (await keys.authenticate(plain_secret)) == plain and plain.limits.models is None
+    assert await keys.authenticate(secret + "x") is None
+    assert await keys.revoke(limited.id) is not None
+    assert await keys.authenticate(secret) is None
+
+
+async def test_postgres_reads_survive_a_dropped_connection_and_go_through_the_engine_without_a_pool(
+    db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """PostgreSQL: a status poll on the reader's pool whose connection the server dropped is
+    tried again on a new one; a reader that cannot connect (a URL option only SQLAlchemy knows)
+    says so and reads through the engine."""
+    if not db_url.startswith("postgresql"):
+        return
+    engine = create_engine(db_url)
+    await upgrade(engine)
+    queue = TaskQueue(engine)
+    assert isinstance(queue.reader, PostgresReader)
+    try:
+        tid = await _submit(queue)
+        view = await queue.view(tid, "key_a")
+        assert view is not None and view.queue_position == 0
+        async with engine.connect() as conn:
+            dropped = (
+                await conn.execute(
+                    sa.text(
+                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                    )
+                )
+            ).scalar_one()
+        assert dropped >= 1
+        assert await queue.view(tid, "key_a") == view
+    finally:
+        queue.close()
+        await engine.dispose()
+    odd = create_engine(f"{db_url}?prepared_statement_cache_size=50")
+    fallback = TaskQueue(odd)
+    try:
+        with caplog.at_level("WARNING", logger="reelserve.store"):
+            assert await fallback.view(tid, "key_a") == view
+            assert await fallback.view(tid, "key_b") is None
+        assert "status reads go through the engine" in caplog.text
+    finally:
+        fallback.close()
+        await odd.dispose()

@@ -88,10 +88,11 @@ class Reelserve:
             await upgrade(engine)
         providers = build_providers(settings)
         capabilities = build_capabilities(settings, providers)
+        queue = TaskQueue(engine)
         return cls(
             settings=settings,
-            queue=TaskQueue(engine),
-            keys=KeyStore(engine),
+            queue=queue,
+            keys=KeyStore(engine, queue.reader),
             webhooks=WebhookStore(engine, settings.signing_key()),
             storage=open_storage(settings),
             signer=Signer(settings.signing_key()),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import secrets
 import time
 from collections.abc import Callable, Mapping
@@ -22,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from reelserve.domain.ids import key_id
 from reelserve.domain.limits import LIMIT_FIELDS, KeyLimits
 from reelserve.store.db import begin_write
+from reelserve.store.reads import PointRead, PostgresReader, SqliteReader
 from reelserve.store.tables import api_keys
 
 KeyMode = Literal["live", "test"]
@@ -43,9 +45,13 @@ class ApiKey:
     admin: bool = False
 
     @classmethod
-    def from_row(cls, row: sa.Row[Any]) -> ApiKey:
-        m = row._mapping
+    def from_row(cls, row: sa.Row[Any] | Mapping[str, Any]) -> ApiKey:
+        """From a SQLAlchemy row, or a mapping of a reader's plain values (`models` as JSON
+        text, `admin` as SQLite's 0 or 1)."""
+        m = row._mapping if isinstance(row, sa.Row) else row
         models = m["models"]
+        if isinstance(models, str):
+            models = json.loads(models)  # JSON's null included
         return cls(
             id=m["id"],
             name=m["name"],
@@ -67,9 +73,23 @@ class ApiKey:
         return self.mode == "test"
 
 
+# A request's key, by the hash of its secret: on every request, so on the store's reader
+# (reads.py) where there is one; `models` as its JSON text on both engines.
+_BY_HASH = PointRead(
+    sa.select(
+        *(c for c in api_keys.c if c.name != "models"),
+        sa.cast(api_keys.c.models, sa.Text).label("models"),
+    ).where(api_keys.c.secret_hash == sa.bindparam("digest", type_=sa.String))
+)
+_BY_HASH_NAMES = tuple(c.name for c in _BY_HASH.statement.selected_columns)
+
+
 class KeyStore:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(
+        self, engine: AsyncEngine, reader: SqliteReader | PostgresReader | None = None
+    ) -> None:
         self.engine = engine
+        self.reader = reader  # the task queue's (TaskQueue.reader)
 
     async def create(
         self,
@@ -114,17 +134,19 @@ class KeyStore:
 
     async def authenticate(self, secret: str) -> ApiKey | None:
         digest = hash_secret(secret)
-        async with self.engine.connect() as conn:
-            row = (
-                await conn.execute(
-                    sa.select(api_keys, api_keys.c.secret_hash).where(
-                        api_keys.c.secret_hash == digest
-                    )
-                )
-            ).first()
-        if row is None or not hmac.compare_digest(row._mapping["secret_hash"], digest):
+        if self.reader is not None:
+            rows = await self.reader.fetch(_BY_HASH, digest=digest)
+        else:
+            async with self.engine.connect() as conn:
+                rows = [
+                    tuple(r) for r in await conn.execute(_BY_HASH.statement, {"digest": digest})
+                ]
+        if not rows:
             return None
-        key = ApiKey.from_row(row)
+        found = dict(zip(_BY_HASH_NAMES, rows[0], strict=True))
+        if not hmac.compare_digest(found["secret_hash"], digest):
+            return None
+        key = ApiKey.from_row(found)
         return None if key.revoked_at is not None else key
 
     async def list_keys(self) -> list[ApiKey]:

@@ -29,7 +29,7 @@ from reelserve.domain.result import TaskResult
 from reelserve.store import ledger
 from reelserve.store.db import begin_write
 from reelserve.store.groups import POSTGRES_LANES, WriteGroups
-from reelserve.store.reads import SqliteReader, sqlite_path
+from reelserve.store.reads import PostgresReader, SqliteReader, sqlite_path
 from reelserve.store.tables import CANCEL_REQUESTED, tasks
 from reelserve.store.task_claims import TaskClaims
 from reelserve.store.task_maintenance import TaskMaintenance
@@ -148,7 +148,9 @@ class TaskQueue(TaskClaims, TaskReads, TaskMaintenance):
         postgres = engine.dialect.name == "postgresql"
         self.writes = WriteGroups(engine, lanes=POSTGRES_LANES if postgres else 1)
         path = sqlite_path(str(engine.url))
-        self.reader = SqliteReader(path) if path is not None else None
+        self.reader: SqliteReader | PostgresReader | None = (
+            SqliteReader(path) if path is not None else PostgresReader(engine) if postgres else None
+        )
 
     def close(self) -> None:
         if self.reader is not None:

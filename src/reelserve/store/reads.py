@@ -7,17 +7,27 @@ connection with a short busy timeout: in WAL mode readers do not wait for the wr
 read cannot stall the event loop behind a long write. In the rare case the database is busy
 anyway (WAL recovery after a crash, an exclusive checkpoint), the read is retried on a small
 thread pool with the normal timeout, off the event loop.
-Writes and everything else still go through SQLAlchemy. On PostgreSQL there is no reader:
-asyncpg is already asynchronous, and the store runs the same statement through SQLAlchemy.
+Writes and everything else still go through SQLAlchemy.
 
-This module holds no SQL of its own: a reader runs a `SqliteStatement`, which is a SQLAlchemy
-statement compiled once to SQLite's text, so the fast path and the SQLAlchemy path run one
-statement written once (`store/task_reads.py`).
+On PostgreSQL, `PostgresReader` runs the same point reads on a pool of plain asyncpg
+connections, outside any transaction: one round trip each. Through SQLAlchemy a read is a pool
+checkout with a ping, the statement in a transaction, and its rollback at check-in; measured
+alone, a status poll took 0.85 ms that way and 0.31 ms on the reader. A read that meets a
+dropped connection (a restarted server) is tried once more on another; where the reader
+cannot connect at all (a URL whose options only SQLAlchemy knows), it says so once in the log
+and its reads go through the engine.
+
+This module holds no SQL of its own: a reader runs a `PointRead`, a SQLAlchemy statement
+compiled once to each engine's text (`SqliteStatement`, `PostgresStatement`), so the fast path
+and the SQLAlchemy path run one statement written once (`store/task_reads.py`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
+import logging
 import sqlite3
 import threading
 from collections.abc import Mapping, Sequence
@@ -25,9 +35,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
 import sqlalchemy as sa
 from sqlalchemy.dialects import sqlite
+from sqlalchemy.dialects.postgresql import asyncpg as pg_asyncpg
+from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.compiler import SQLCompiler
+
+log = logging.getLogger("reelserve.store")
 
 
 @dataclass(frozen=True)
@@ -47,6 +62,42 @@ class SqliteStatement:
     def params(self, **values: Any) -> tuple[Any, ...]:
         """The positional parameters, given the values of the statement's `bindparam`s."""
         return tuple(values[n] if n in values else self.defaults[n] for n in self.names)
+
+
+@dataclass(frozen=True)
+class PostgresStatement:
+    """A SQLAlchemy statement as PostgreSQL's SQL text for asyncpg, with its `$n` parameters by
+    name."""
+
+    sql: str
+    names: tuple[str, ...]  # the bound parameters, in the order of $1, $2, ...
+    defaults: Mapping[str, Any]
+
+    @classmethod
+    def compile(cls, statement: sa.ClauseElement) -> PostgresStatement:
+        dialect: Any = pg_asyncpg.dialect  # untyped in SQLAlchemy's stubs
+        compiled = statement.compile(dialect=dialect())
+        assert isinstance(compiled, SQLCompiler)
+        return cls(str(compiled), tuple(compiled.positiontup or ()), dict(compiled.params))
+
+    def params(self, **values: Any) -> tuple[Any, ...]:
+        return tuple(values[n] if n in values else self.defaults[n] for n in self.names)
+
+
+class PointRead:
+    """One read statement, compiled once for each reader on first use. Its rows come back as
+    plain tuples of what the driver returns (a JSON column as its text, on both engines)."""
+
+    def __init__(self, statement: sa.Select[Any]) -> None:
+        self.statement = statement
+
+    @functools.cached_property
+    def sqlite(self) -> SqliteStatement:
+        return SqliteStatement.compile(self.statement)
+
+    @functools.cached_property
+    def postgres(self) -> PostgresStatement:
+        return PostgresStatement.compile(self.statement)
 
 
 class SqliteReader:
@@ -88,8 +139,12 @@ class SqliteReader:
     def _fetch(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         return self._connection().execute(sql, params).fetchall()
 
-    async def fetch(self, statement: SqliteStatement, **values: Any) -> list[tuple[Any, ...]]:
+    async def fetch(
+        self, statement: SqliteStatement | PointRead, **values: Any
+    ) -> list[tuple[Any, ...]]:
         """A point read: inline when the database answers at once, else on the thread pool."""
+        if isinstance(statement, PointRead):
+            statement = statement.sqlite
         sql, params = statement.sql, statement.params(**values)
         try:
             return self._inline_connection().execute(sql, params).fetchall()
@@ -105,6 +160,68 @@ class SqliteReader:
             for conn in self._connections:
                 conn.close()
             self._connections.clear()
+
+
+# What a read that met a dropped connection raises; it is tried once more on another.
+# (asyncpg raises InternalClientError for a query on a connection whose server ended it while
+# it was idle, before it noticed.)
+_DROPPED = (
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.InternalClientError,
+    ConnectionError,
+)
+
+
+class PostgresReader:
+    """Point reads on plain asyncpg connections (one pool per event loop: tests run many),
+    outside any transaction; through `engine` where no pool can be made."""
+
+    def __init__(self, engine: AsyncEngine, *, size: int = 10) -> None:
+        self.engine = engine
+        self.size = size
+        self.dsn = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        self._pool: asyncio.Future[asyncpg.Pool | None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def _get_pool(self) -> asyncpg.Pool | None:
+        loop = asyncio.get_running_loop()
+        if self._pool is None or self._loop is not loop:
+            self.close()  # an earlier event loop's pool (tests run many loops)
+            self._loop = loop
+            self._pool = loop.create_future()
+            try:
+                pool = await asyncpg.create_pool(
+                    self.dsn, min_size=1, max_size=self.size, max_inactive_connection_lifetime=60
+                )
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning(
+                    "the read pool could not connect (%s); status reads go through the engine",
+                    exc,
+                )
+                pool = None
+            self._pool.set_result(pool)
+        return await asyncio.shield(self._pool)
+
+    async def fetch(self, statement: PointRead, **values: Any) -> list[tuple[Any, ...]]:
+        pool = await self._get_pool()
+        if pool is None:
+            async with self.engine.connect() as conn:
+                return [tuple(row) for row in await conn.execute(statement.statement, values)]
+        compiled = statement.postgres
+        params = compiled.params(**values)
+        try:
+            rows = await pool.fetch(compiled.sql, *params)
+        except _DROPPED:
+            rows = await pool.fetch(compiled.sql, *params)  # the broken connection is gone
+        return [tuple(row) for row in rows]
+
+    def close(self) -> None:
+        if self._pool is not None and self._pool.done() and (pool := self._pool.result()):
+            with contextlib.suppress(Exception):  # its event loop may be closed already
+                pool.terminate()
+        self._pool = None
 
 
 def sqlite_path(url: str) -> str | None:

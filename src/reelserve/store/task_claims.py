@@ -44,7 +44,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from reelserve.store.db import begin_write
-from reelserve.store.reads import SqliteReader, SqliteStatement
+from reelserve.store.reads import PostgresReader, SqliteReader, SqliteStatement
 from reelserve.store.tables import api_keys, queue_keys, tasks
 from reelserve.store.task_rows import PENDING, PROCESSING, TaskRecord
 
@@ -323,7 +323,7 @@ class TaskClaims:
     """The claims of `TaskQueue` (queue.py), which sets `engine`."""
 
     engine: AsyncEngine
-    reader: SqliteReader | None  # SQLite files only
+    reader: SqliteReader | PostgresReader | None  # none for an in-memory SQLite
 
     @property
     def is_postgres(self) -> bool:
@@ -405,7 +405,7 @@ class TaskClaims:
         )
         filters: dict[str, Any] = dict(filter_params(providers, models))
         if (
-            self.reader is not None
+            isinstance(self.reader, SqliteReader)
             and spill is None
             and not await self._runnable(filters, max_attempts)
         ):
@@ -480,7 +480,7 @@ class TaskClaims:
 
     async def _runnable(self, filters: dict[str, list[str]], max_attempts: int) -> bool:
         """`runnable_probe` on the SQLite reader (an inline read: no write lock, no thread)."""
-        assert self.reader is not None
+        assert isinstance(self.reader, SqliteReader)
         probe = runnable_probe("providers" in filters, "models" in filters)
         lists = {name: json.dumps(values) for name, values in filters.items()}
         rows = await self.reader.fetch(probe, now=time.time(), max_attempts=max_attempts, **lists)

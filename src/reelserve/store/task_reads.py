@@ -4,9 +4,10 @@ polls and event streams, the listings, and the counts of the metrics scrape.
 A status poll is one statement on both engines: the view's columns and, while the task is
 pending, its queue position, counted by `position_of` in the claim's fair order (the pending
 tasks a claim takes first; the standalone `queue_position` counts with the same expression).
-On SQLite the poll runs on the `SqliteReader` (reads.py: about 10 us instead of a millisecond
-through the async layer, see bench/api.py), as the same statement compiled once to SQLite's
-text.
+The poll runs on the store's reader (reads.py), as the same statement compiled once to each
+engine's text: on SQLite inline on a read-only connection (about 10 us instead of a millisecond
+through the async layer, see bench/api.py), on PostgreSQL on a plain asyncpg pool outside any
+transaction (one round trip instead of four).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from reelserve.domain.result import TaskView
-from reelserve.store.reads import SqliteReader, SqliteStatement
+from reelserve.store.reads import PointRead, PostgresReader, SqliteReader
 from reelserve.store.tables import queue_keys, tasks
 from reelserve.store.task_claims import pending_keys, task_filter
 from reelserve.store.task_rows import PENDING, VIEW_COLUMNS, TaskRecord, view_from_row
@@ -115,7 +116,7 @@ _POLL = sa.select(
         ),
     ).label("queue_position"),
 ).where(_t.c.id == sa.bindparam("task_id"), _t.c.api_key_id == sa.bindparam("api_key_id"))
-_POLL_ON_SQLITE = SqliteStatement.compile(_POLL)
+_POLL_READ = PointRead(_POLL)
 
 
 @dataclass(frozen=True)
@@ -132,7 +133,7 @@ class TaskReads:
     """The reads of `TaskQueue` (queue.py), which sets `engine` and `reader`."""
 
     engine: AsyncEngine
-    reader: SqliteReader | None  # SQLite files only
+    reader: SqliteReader | PostgresReader | None  # none for an in-memory SQLite
 
     async def get(self, task_id: str, api_key_id: str | None = None) -> TaskRecord | None:
         """The whole row of a task (of one key, when `api_key_id` is given)."""
@@ -144,9 +145,9 @@ class TaskReads:
 
     async def view(self, task_id: str, api_key_id: str) -> TaskView | None:
         """A status poll: the view of one of a key's tasks, with its queue position while it
-        is pending; one statement, on the SQLite reader where there is one."""
+        is pending; one statement, on the store's reader where there is one."""
         if self.reader is not None:
-            rows = await self.reader.fetch(_POLL_ON_SQLITE, task_id=task_id, api_key_id=api_key_id)
+            rows = await self.reader.fetch(_POLL_READ, task_id=task_id, api_key_id=api_key_id)
             row: Sequence[Any] | None = rows[0] if rows else None
         else:
             async with self.engine.connect() as conn:

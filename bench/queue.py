@@ -318,12 +318,12 @@ def _old_poll() -> sa.Select[Any]:
 
 
 async def _old_position(queue: Any, task: Any) -> int:
-    """One old status poll, on the same path as the fair one (SQLite: the inline reader)."""
-    from reelserve.store.reads import SqliteStatement
+    """One old status poll, on the same path as the fair one (the store's reader)."""
+    from reelserve.store.reads import PointRead
 
     params = {"task_id": task.id, "api_key_id": task.api_key_id}
     if queue.reader is not None:
-        rows = await queue.reader.fetch(SqliteStatement.compile(_old_poll()), **params)
+        rows = await queue.reader.fetch(PointRead(_old_poll()), **params)
         return int(rows[0][-1])
     async with queue.engine.connect() as conn:
         return int((await conn.execute(_old_poll(), params)).first()[-1])

@@ -182,7 +182,7 @@ class PostgresReader:
         self.engine = engine
         self.size = size
         self.dsn = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-        self._pool: asyncio.Future[asyncpg.Pool | None] | None = None
+        self._pool: asyncio.Task[asyncpg.Pool | None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def _get_pool(self) -> asyncpg.Pool | None:
@@ -190,19 +190,20 @@ class PostgresReader:
         if self._pool is None or self._loop is not loop:
             self.close()  # an earlier event loop's pool (tests run many loops)
             self._loop = loop
-            self._pool = loop.create_future()
-            try:
-                pool = await asyncpg.create_pool(
-                    self.dsn, min_size=1, max_size=self.size, max_inactive_connection_lifetime=60
-                )
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.warning(
-                    "the read pool could not connect (%s); status reads go through the engine",
-                    exc,
-                )
-                pool = None
-            self._pool.set_result(pool)
+            # A task of its own: a reader cancelled meanwhile leaves it to the next one.
+            self._pool = loop.create_task(self._create())
         return await asyncio.shield(self._pool)
+
+    async def _create(self) -> asyncpg.Pool | None:
+        try:
+            return await asyncpg.create_pool(
+                self.dsn, min_size=1, max_size=self.size, max_inactive_connection_lifetime=60
+            )
+        except Exception as exc:  # refused, unreachable, an option asyncpg does not know
+            log.warning(
+                "the read pool could not connect (%s); status reads go through the engine", exc
+            )
+            return None
 
     async def fetch(self, statement: PointRead, **values: Any) -> list[tuple[Any, ...]]:
         pool = await self._get_pool()
@@ -218,10 +219,14 @@ class PostgresReader:
         return [tuple(row) for row in rows]
 
     def close(self) -> None:
-        if self._pool is not None and self._pool.done() and (pool := self._pool.result()):
+        task, self._pool = self._pool, None
+        if task is None:
+            return
+        if not task.done():
+            task.cancel()
+        elif not task.cancelled() and (pool := task.result()) is not None:
             with contextlib.suppress(Exception):  # its event loop may be closed already
                 pool.terminate()
-        self._pool = None
 
 
 def sqlite_path(url: str) -> str | None:

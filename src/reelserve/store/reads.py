@@ -46,18 +46,12 @@ log = logging.getLogger("reelserve.store")
 
 
 @dataclass(frozen=True)
-class SqliteStatement:
-    """A SQLAlchemy statement as SQLite's SQL text, with its `?` parameters by name."""
+class _Compiled:
+    """A SQLAlchemy statement as one engine's SQL text, with its positional parameters by name."""
 
     sql: str
-    names: tuple[str, ...]  # the bound parameters, in the order of the `?`s
+    names: tuple[str, ...]  # the bound parameters, in the order of the placeholders
     defaults: Mapping[str, Any]  # values the statement binds itself (its literals)
-
-    @classmethod
-    def compile(cls, statement: sa.ClauseElement) -> SqliteStatement:
-        compiled = statement.compile(dialect=sqlite.dialect())
-        assert isinstance(compiled, SQLCompiler)
-        return cls(str(compiled), tuple(compiled.positiontup or ()), dict(compiled.params))
 
     def params(self, **values: Any) -> tuple[Any, ...]:
         """The positional parameters, given the values of the statement's `bindparam`s."""
@@ -65,13 +59,20 @@ class SqliteStatement:
 
 
 @dataclass(frozen=True)
-class PostgresStatement:
+class SqliteStatement(_Compiled):
+    """A SQLAlchemy statement as SQLite's SQL text, with its `?` parameters by name."""
+
+    @classmethod
+    def compile(cls, statement: sa.ClauseElement) -> SqliteStatement:
+        compiled = statement.compile(dialect=sqlite.dialect())
+        assert isinstance(compiled, SQLCompiler)
+        return cls(str(compiled), tuple(compiled.positiontup or ()), dict(compiled.params))
+
+
+@dataclass(frozen=True)
+class PostgresStatement(_Compiled):
     """A SQLAlchemy statement as PostgreSQL's SQL text for asyncpg, with its `$n` parameters by
     name."""
-
-    sql: str
-    names: tuple[str, ...]  # the bound parameters, in the order of $1, $2, ...
-    defaults: Mapping[str, Any]
 
     @classmethod
     def compile(cls, statement: sa.ClauseElement) -> PostgresStatement:
@@ -80,13 +81,12 @@ class PostgresStatement:
         assert isinstance(compiled, SQLCompiler)
         return cls(str(compiled), tuple(compiled.positiontup or ()), dict(compiled.params))
 
-    def params(self, **values: Any) -> tuple[Any, ...]:
-        return tuple(values[n] if n in values else self.defaults[n] for n in self.names)
-
 
 class PointRead:
     """One read statement, compiled once for each reader on first use. Its rows come back as
-    plain tuples of what the driver returns (a JSON column as its text, on both engines)."""
+    plain tuples of what the driver returns: a JSON column as its text on a reader, decoded
+    where a `PostgresReader` without a pool reads through the engine (readers of JSON columns
+    take both, or select them cast to text)."""
 
     def __init__(self, statement: sa.Select[Any]) -> None:
         self.statement = statement
@@ -153,6 +153,15 @@ class SqliteReader:
                 raise
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, self._fetch, sql, params)
+
+    async def fetch_in_thread(
+        self, statement: SqliteStatement, **values: Any
+    ) -> list[tuple[Any, ...]]:
+        """A read that may walk many rows, on the thread pool: the event loop goes on meanwhile
+        (SQLite lets go of the GIL while it reads)."""
+        loop = asyncio.get_running_loop()
+        params = statement.params(**values)
+        return await loop.run_in_executor(self._pool, self._fetch, statement.sql, params)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

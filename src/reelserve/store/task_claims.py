@@ -7,10 +7,8 @@ ties by key id), one task each, then a second round, and so on; within a key, it
 first, then its pending ones oldest first. A key with a `max_running` limit is skipped while
 that many of its tasks are processing under live leases: its tasks stay pending.
 
-One claim (`claim_many`) is one transaction of a few statements. On SQLite it is preceded by a
-read on the read-only reader (`runnable_probe`, no write lock): a worker claims whenever one of
-its tasks ends, and where nothing is runnable the claim ends there. In the 1,000-task bench
-(bench/inflight.py) that took 1,182 claims' turns at the write lock down to 185.
+One claim (`claim_many`) is one transaction of a few statements (on SQLite after a read
+without the write lock; see below):
 1. the keys to serve: the `limit` first keys in that order among those with runnable work and
    room under their limit. The keys with pending work are found by a loose scan of the index
    (status, api_key_id, created_at): one index seek per key, whatever its number of tasks.
@@ -25,6 +23,11 @@ its tasks ends, and where nothing is runnable the claim ends there. In the 1,000
 4. the update of those tasks, fenced on still being runnable, each under its own token;
 5. the served keys' `served_at`: now, plus the slot of the key's last task in this claim in
    microseconds, so the next claim continues the round where this one stopped.
+
+On SQLite the transaction is preceded by a read on the read-only reader's threads
+(`runnable_probe`): a worker claims whenever one of its tasks ends, and where nothing is
+runnable the claim ends there, without taking the write lock. In the 1,000-task bench
+(bench/inflight.py) that took the claims' turns at the write lock from 1,182 down to 185.
 
 The queue position (task_reads.py) counts in the same order. Every statement is built once per
 engine and filter shape (`claim_statements`), with bound parameters, so a claim only binds.
@@ -479,11 +482,15 @@ class TaskClaims:
         return [claimed[task_id] for _, task_id in picked if task_id in claimed]
 
     async def _runnable(self, filters: dict[str, list[str]], max_attempts: int) -> bool:
-        """`runnable_probe` on the SQLite reader (an inline read: no write lock, no thread)."""
+        """`runnable_probe` on the SQLite reader's threads, without the write lock. Not inline:
+        where nothing has expired it walks every processing task (3 ms at 10,000), which must
+        not hold the event loop."""
         assert isinstance(self.reader, SqliteReader)
         probe = runnable_probe("providers" in filters, "models" in filters)
         lists = {name: json.dumps(values) for name, values in filters.items()}
-        rows = await self.reader.fetch(probe, now=time.time(), max_attempts=max_attempts, **lists)
+        rows = await self.reader.fetch_in_thread(
+            probe, now=time.time(), max_attempts=max_attempts, **lists
+        )
         return bool(rows)
 
     async def _queues(

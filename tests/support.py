@@ -59,7 +59,10 @@ class LiveServer:
     def __init__(self, settings: Settings, *, run_worker: bool | None = None) -> None:
         self.settings = settings
         self.app = create_app(settings, run_worker=run_worker)
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # IPPROTO_TCP, as uvicorn's own bind has it: asyncio sets TCP_NODELAY only on sockets
+        # whose protocol says TCP. Without it every keep-alive answer (headers and body are two
+        # writes) waits out the client's 40 ms delayed ACK under Nagle's algorithm.
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
         self.port = int(self.sock.getsockname()[1])

@@ -231,13 +231,26 @@ async def test_a_failing_periodic_job_is_logged_and_the_loop_goes_on(
         await _until(lambda: done(second.id), "the worker stopped claiming after the failures")
         assert not running.done()
 
-        files.unlink()
-        shutil.move(outside, files)
+        # Put the directory back between two sweeps, never during one: a sweep already on its
+        # thread could otherwise find no directory at all (after the unlink, before the move),
+        # delete nothing and mark the files expired while they are being put back. The swap
+        # runs as the next failure is logged on the event loop, once that sweep has ended and
+        # before the next one can start.
+        class Restore(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                if record.getMessage().startswith("the retention sweep failed"):
+                    logging.getLogger("reelserve.worker").removeHandler(self)
+                    files.unlink()
+                    shutil.move(outside, files)
+
+        restore = Restore()
+        logging.getLogger("reelserve.worker").addHandler(restore)
 
         async def swept() -> bool:
             return (await service.tasks.get(key, first.id)).files_expired_at is not None
 
         await _until(swept, "the sweep did not recover")
+        assert restore not in logging.getLogger("reelserve.worker").handlers
         assert not files.exists()
     finally:
         stop.set()

@@ -1169,7 +1169,9 @@ def _unb64(text: str) -> bytes:
 @contextlib.contextmanager
 def serve(fake: FakeGoogle) -> Iterator[FakeGoogle]:
     """Serve `fake` with uvicorn on 127.0.0.1 in a background thread."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # IPPROTO_TCP: asyncio sets TCP_NODELAY only on sockets that say TCP, and without it each
+    # keep-alive answer waits out the client's 40 ms delayed ACK (Nagle's algorithm).
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     fake.url = f"http://127.0.0.1:{sock.getsockname()[1]}"

@@ -21,9 +21,9 @@ from alembic.migration import MigrationContext
 from reelserve.cli.keys import mint_key_with_webhook_secret
 from reelserve.store.db import create_engine, upgrade
 from reelserve.store.limits import recent_submits_query
-from reelserve.store.tables import metadata
+from reelserve.store.tables import metadata, tasks
 from tests.databases import database_url
-from tests.support import LiveServer, make_settings, sqlite_only, submit
+from tests.support import LiveServer, make_settings, submit
 
 pytestmark = pytest.mark.filterwarnings("ignore:The Sora API:DeprecationWarning")
 BODY = {"model": "sandbox", "prompt": "a limited key", "duration": 1}
@@ -99,14 +99,33 @@ def test_an_idempotent_replay_is_never_refused_nor_counted(server: LiveServer) -
         assert [t["id"] for t in listed] == [first]
 
 
-@pytest.mark.slow
-@sqlite_only
+def _backdate(server: LiveServer, task_id: str, seconds: float) -> None:
+    """Move a task's creation `seconds` into the past, as if it had been submitted then."""
+
+    async def write() -> None:
+        engine = create_engine(server.settings.resolved_database_url)
+        try:
+            async with engine.begin() as conn:
+                await conn.execute(
+                    tasks.update()
+                    .where(tasks.c.id == task_id)
+                    .values(created_at=tasks.c.created_at - seconds)
+                )
+        finally:
+            await engine.dispose()
+
+    asyncio.run(write())
+
+
 def test_after_waiting_retry_after_the_submit_is_accepted(server: LiveServer) -> None:
+    """Retry-After is enough: waited out on the clock, the next submit is accepted. The first
+    submit is moved 56 s into the past, so that the wait is seconds, not a minute."""
     key = mint(server, rate_per_minute=1)
     with server.client(key) as c:
-        submit(c, BODY)
+        _backdate(server, submit(c, BODY), 56)
         refused = c.post("/v1/videos/generations", json=BODY)
         wait = int(_error(refused, 429, "rate_limit_error") and refused.headers["Retry-After"])
+        assert 1 <= wait <= 5
         time.sleep(wait)
         submit(c, BODY)
         again = c.post("/v1/videos/generations", json=BODY)

@@ -45,6 +45,7 @@ from reelserve.domain.spec import GenerationSpec
 from reelserve.domain.task import ErrorCode
 from reelserve.media.remux import UnreadableVideo, drop_audio, stream_kinds
 from reelserve.media.threads import in_media_thread
+from reelserve.net.transport import default_ssl_context
 from reelserve.providers.base import (
     Clip,
     ProviderBase,
@@ -211,6 +212,9 @@ class Http:
 
     def _client(self, *, keepalive: bool) -> httpx.AsyncClient:
         return httpx.AsyncClient(
+            # The process's one SSL context: httpx would build one per client, 20 ms of the
+            # event loop for each attempt.
+            verify=default_ssl_context(),
             timeout=httpx.Timeout(self.options.request_timeout),
             limits=httpx.Limits(max_connections=2, max_keepalive_connections=1 if keepalive else 0),
             follow_redirects=False,

@@ -24,7 +24,7 @@ from reelserve.store.keys import KeyStore
 from reelserve.store.queue import CancelOutcome, IdempotencyConflict, TaskQueue
 from reelserve.store.reads import PostgresReader, sqlite_path
 from reelserve.store.tables import CANCEL_REQUESTED, tasks
-from tests.databases import database_url
+from tests.databases import _admin, database_url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -771,3 +771,41 @@ async def test_postgres_reads_survive_a_dropped_connection_and_go_through_the_en
     finally:
         fallback.close()
         await odd.dispose()
+
+
+async def test_postgres_reader_tries_its_pool_again_after_the_server_could_not_be_reached(
+    db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """PostgreSQL: a reader whose database is not there at its first read fails that read (as
+    the engine does) and says why once, however often it tries again. Once the database is
+    there and the retry interval has passed, reads go through the pool again (no engine
+    checkouts), and the log says so."""
+    if not db_url.startswith("postgresql"):
+        return
+    later = f"{db_url.rsplit('/', 1)[1]}_later"
+    engine = create_engine(f"{db_url.rsplit('/', 1)[0]}/{later}")
+    checkouts: list[object] = []
+    sa.event.listen(engine.sync_engine, "checkout", lambda *_: checkouts.append(None))
+    reader = PostgresReader(engine, retry_seconds=0.3)
+    keys = KeyStore(engine, reader)
+    try:
+        with caplog.at_level("INFO", logger="reelserve.store"):
+            for _ in range(2):
+                with pytest.raises(sa.exc.DBAPIError, match=later):
+                    await keys.authenticate("rs_test_x")
+                await asyncio.sleep(0.4)  # past the retry interval: the pool is tried again
+            warnings = [r for r in caplog.records if "could not connect" in r.getMessage()]
+            assert len(warnings) == 1 and later in warnings[0].getMessage()
+            await _admin(f'CREATE DATABASE "{later}"')
+            await upgrade(engine)
+            key, secret = await keys.create("test")
+            await asyncio.sleep(0.4)
+            before = len(checkouts)
+            for _ in range(3):
+                assert await keys.authenticate(secret) == key
+            assert len(checkouts) == before  # all three on the pool, none on the engine
+        assert "the read pool connected" in caplog.text
+    finally:
+        reader.close()
+        await engine.dispose()
+        await _admin(f'DROP DATABASE IF EXISTS "{later}" WITH (FORCE)')

@@ -14,8 +14,9 @@ connections, outside any transaction: one round trip each. Through SQLAlchemy a 
 checkout with a ping, the statement in a transaction, and its rollback at check-in; measured
 alone, a status poll took 0.85 ms that way and 0.31 ms on the reader. A read that meets a
 dropped connection (a restarted server) is tried once more on another; where the reader
-cannot connect at all (a URL whose options only SQLAlchemy knows), it says so once in the log
-and its reads go through the engine.
+cannot connect at all (a server down at the first read, a URL whose options only SQLAlchemy
+knows), it says so in the log and its reads go through the engine, while the pool is tried
+again every `POOL_RETRY_SECONDS`.
 
 This module holds no SQL of its own: a reader runs a `PointRead`, a SQLAlchemy statement
 compiled once to each engine's text (`SqliteStatement`, `PostgresStatement`), so the fast path
@@ -30,6 +31,7 @@ import functools
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -183,36 +185,64 @@ _DROPPED = (
 )
 
 
+POOL_RETRY_SECONDS = 60.0  # how long reads go through the engine before the pool is tried again
+
+
 class PostgresReader:
     """Point reads on plain asyncpg connections (one pool per event loop: tests run many),
-    outside any transaction; through `engine` where no pool can be made."""
+    outside any transaction; through `engine` while no pool can be made, trying again every
+    `retry_seconds` (a server that was down when the first read came, say)."""
 
-    def __init__(self, engine: AsyncEngine, *, size: int = 10) -> None:
+    def __init__(
+        self, engine: AsyncEngine, *, size: int = 10, retry_seconds: float = POOL_RETRY_SECONDS
+    ) -> None:
         self.engine = engine
         self.size = size
+        self.retry_seconds = retry_seconds
         self.dsn = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
         self._pool: asyncio.Task[asyncpg.Pool | None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._failed_at = 0.0  # monotonic time of the last failure to make the pool
+        self._failure = ""  # its reason, as last logged
 
     async def _get_pool(self) -> asyncpg.Pool | None:
         loop = asyncio.get_running_loop()
-        if self._pool is None or self._loop is not loop:
+        task = self._pool
+        if task is None or self._loop is not loop:
             self.close()  # an earlier event loop's pool (tests run many loops)
             self._loop = loop
-            # A task of its own: a reader cancelled meanwhile leaves it to the next one.
-            self._pool = loop.create_task(self._create())
+        elif not (
+            task.done()
+            and not task.cancelled()
+            and task.result() is None
+            and time.monotonic() - self._failed_at >= self.retry_seconds
+        ):
+            return await asyncio.shield(task)
+        # A task of its own: a reader cancelled meanwhile leaves it to the next one.
+        self._pool = loop.create_task(self._create())
         return await asyncio.shield(self._pool)
 
     async def _create(self) -> asyncpg.Pool | None:
         try:
-            return await asyncpg.create_pool(
+            pool = await asyncpg.create_pool(
                 self.dsn, min_size=1, max_size=self.size, max_inactive_connection_lifetime=60
             )
         except Exception as exc:  # refused, unreachable, an option asyncpg does not know
-            log.warning(
-                "the read pool could not connect (%s); status reads go through the engine", exc
-            )
+            self._failed_at = time.monotonic()
+            reason = f"{type(exc).__name__}: {exc}"
+            if reason != self._failure:  # said once per reason, not at every retry
+                log.warning(
+                    "the read pool could not connect (%s); status reads go through the engine, "
+                    "and the pool is tried again every %g s",
+                    reason,
+                    self.retry_seconds,
+                )
+            self._failure = reason
             return None
+        if self._failure:
+            log.info("the read pool connected; status reads go through it again")
+            self._failure = ""
+        return pool
 
     async def fetch(self, statement: PointRead, **values: Any) -> list[tuple[Any, ...]]:
         pool = await self._get_pool()

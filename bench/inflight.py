@@ -12,7 +12,8 @@ prints, from one run:
 
 - the server's CPU (cores) and RSS while polling (and its peak RSS over the whole run, which
   includes the downloads and thumbnails of the completions);
-- database commits per second (PostgreSQL; `pg_stat_database`);
+- database commits per second (PostgreSQL; `pg_stat_database`), and PostgreSQL's own cores
+  (its server processes on this machine);
 - submit p50/p99 and status-GET p50/p99 measured beside them, and status-GET p50/p99 on the
   idle server before the batch, as the reference;
 - the lag from an operation's `done` answer to its task's `completed`;
@@ -140,6 +141,29 @@ def _machine_busy() -> float:
     fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
     return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def _postgres_cpu(kind: str) -> dict[int, float]:
+    """CPU seconds of each PostgreSQL server process on this machine (its backends serve the
+    bench's database; nothing else runs here), by pid; empty for SQLite."""
+    if kind != "postgresql":
+        return {}
+    found: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                if (entry / "comm").read_text().strip() == "postgres":
+                    found[int(entry.name)] = _cpu_seconds(int(entry.name))
+    return found
+
+
+def _postgres_cores(before: dict[int, float], kind: str, seconds: float) -> float:
+    """PostgreSQL's cores since `before`: the processes alive now, each from its value then (or
+    from its start); a backend that exited meanwhile is not counted, so this is a floor."""
+    if kind != "postgresql":
+        return float("nan")
+    now = _postgres_cpu(kind)
+    return sum(cpu - before.get(pid, 0.0) for pid, cpu in now.items()) / seconds
 
 
 def _rss_mb(pid: int) -> float:
@@ -288,12 +312,13 @@ def run_one(label: str, src: Path, args: argparse.Namespace, fake: SpreadFake) -
             api_cpu_start = _cpu_seconds(server.pid)
             fake_cpu_start, busy_start = _cpu_seconds(os.getpid()), _machine_busy()
             commits_start = _commits(db, args.database)
+            postgres_start = _postgres_cpu(args.database)
             prober.start()
             # Only polling: from a second after the last submit until shortly before the first
             # operation is done (no downloads, probes or thumbnails yet).
             op_seconds = args.polls * args.poll_interval
             window_end = t0 + 0.85 * op_seconds * (1 - args.spread)
-            polling_cores = polling_commits = polling_rss = float("nan")
+            polling_cores = polling_commits = polling_rss = polling_postgres = float("nan")
             w0 = math.inf  # no polling-only window unless the one below opens
             if window_end - time.monotonic() > 3:
                 time.sleep(1)
@@ -302,6 +327,7 @@ def run_one(label: str, src: Path, args: argparse.Namespace, fake: SpreadFake) -
                     time.monotonic(),
                     _commits(db, args.database),
                 )
+                postgres_polling_start = _postgres_cpu(args.database)
                 polling_rss = _rss_mb(measured.pid)
                 while time.monotonic() < window_end:
                     time.sleep(min(0.5, max(0.0, window_end - time.monotonic())))
@@ -309,6 +335,7 @@ def run_one(label: str, src: Path, args: argparse.Namespace, fake: SpreadFake) -
                 span = time.monotonic() - w0
                 polling_cores = (_cpu_seconds(measured.pid) - c0) / span
                 polling_commits = (_commits(db, args.database) - k0) / span
+                polling_postgres = _postgres_cores(postgres_polling_start, args.database, span)
             rss = 0.0 if math.isnan(polling_rss) else polling_rss
             done_wait = time.monotonic() + args.timeout
             while _unfinished(db, n + 1) > 0:  # and the reference task
@@ -342,6 +369,7 @@ def run_one(label: str, src: Path, args: argparse.Namespace, fake: SpreadFake) -
             fake_cores = (_cpu_seconds(os.getpid()) - fake_cpu_start) / elapsed
             machine_cores = (_machine_busy() - busy_start) / elapsed
             commits = (_commits(db, args.database) - commits_start) / elapsed
+            postgres_cores = _postgres_cores(postgres_start, args.database, elapsed)
             lags = _lags(db, fake, ids)
             failed = _count(db, "failed")
             for code, message, count in db.rows(
@@ -365,12 +393,14 @@ def run_one(label: str, src: Path, args: argparse.Namespace, fake: SpreadFake) -
         "batch_over_one_op": (elapsed + submit_wall) / op_seconds,
         "cores_polling": polling_cores,
         "commits_per_s_polling": polling_commits,
+        "postgres_cores_polling": polling_postgres,
         "cores_whole_run": cores,
         "api_cores_whole_run": api_cores if worker is not None else float("nan"),
         "fake_cores_whole_run": fake_cores,
         "machine_busy_cores": machine_cores,
         "machine_cores": float(os.cpu_count() or 0),
         "commits_per_s_whole_run": commits,
+        "postgres_cores_whole_run": postgres_cores,
         "rss_polling_mb": polling_rss,
         "rss_peak_mb": rss,
         "probe_submit_p50_ms": 1000 * _pct(probe_submits, 0.5),

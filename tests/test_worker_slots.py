@@ -209,6 +209,8 @@ async def test_a_failing_periodic_job_is_logged_and_the_loop_goes_on(
     first = await service.tasks.submit(key, body)
     stop = asyncio.Event()
     running = asyncio.create_task(Worker(service.worker_parts()).run(stop))
+    worker_log = logging.getLogger("reelserve.worker")
+    restore: logging.Handler | None = None
     try:
         await _until(lambda: done(first.id), "the first task did not complete")
         files = settings.resolved_media_dir / first.id
@@ -239,20 +241,22 @@ async def test_a_failing_periodic_job_is_logged_and_the_loop_goes_on(
         class Restore(logging.Handler):
             def emit(self, record: logging.LogRecord) -> None:
                 if record.getMessage().startswith("the retention sweep failed"):
-                    logging.getLogger("reelserve.worker").removeHandler(self)
+                    worker_log.removeHandler(self)
                     files.unlink()
                     shutil.move(outside, files)
 
         restore = Restore()
-        logging.getLogger("reelserve.worker").addHandler(restore)
+        worker_log.addHandler(restore)
 
         async def swept() -> bool:
             return (await service.tasks.get(key, first.id)).files_expired_at is not None
 
         await _until(swept, "the sweep did not recover")
-        assert restore not in logging.getLogger("reelserve.worker").handlers
+        assert restore not in worker_log.handlers
         assert not files.exists()
     finally:
+        if restore is not None:
+            worker_log.removeHandler(restore)  # a test that failed before the swap
         stop.set()
         await asyncio.wait_for(running, 30)
         await service.close()

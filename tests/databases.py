@@ -21,7 +21,7 @@ PG_USER = os.environ.get("REELSERVE_TEST_PG_USER", "postgres")
 PG_ADMIN_DB = os.environ.get("REELSERVE_TEST_PG_DB", "test")
 
 
-async def _admin(sql: str) -> None:
+async def admin_sql(sql: str) -> None:
     import asyncpg
 
     conn = await asyncpg.connect(
@@ -37,7 +37,7 @@ async def _admin(sql: str) -> None:
 def postgres_database() -> Iterator[str]:
     name = f"reelserve_test_{secrets.token_hex(6)}"
     try:
-        asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
+        asyncio.run(admin_sql(f'CREATE DATABASE "{name}"'))
     except (TimeoutError, OSError, Exception) as exc:
         reason = f"PostgreSQL not reachable at {PG_HOST}:{PG_PORT} as {PG_USER}: {exc!r}"
         if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
@@ -46,7 +46,7 @@ def postgres_database() -> Iterator[str]:
     try:
         yield f"postgresql+asyncpg://{PG_USER}@{PG_HOST}:{PG_PORT}/{name}"
     finally:
-        asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        asyncio.run(admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @contextmanager

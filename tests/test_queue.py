@@ -24,7 +24,7 @@ from reelserve.store.keys import KeyStore
 from reelserve.store.queue import CancelOutcome, IdempotencyConflict, TaskQueue
 from reelserve.store.reads import PostgresReader, sqlite_path
 from reelserve.store.tables import CANCEL_REQUESTED, tasks
-from tests.databases import _admin, database_url
+from tests.databases import admin_sql, database_url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -796,7 +796,7 @@ async def test_postgres_reader_tries_its_pool_again_after_the_server_could_not_b
                 await asyncio.sleep(0.4)  # past the retry interval: the pool is tried again
             warnings = [r for r in caplog.records if "could not connect" in r.getMessage()]
             assert len(warnings) == 1 and later in warnings[0].getMessage()
-            await _admin(f'CREATE DATABASE "{later}"')
+            await admin_sql(f'CREATE DATABASE "{later}"')
             await upgrade(engine)
             key, secret = await keys.create("test")
             await asyncio.sleep(0.4)
@@ -808,4 +808,4 @@ async def test_postgres_reader_tries_its_pool_again_after_the_server_could_not_b
     finally:
         reader.close()
         await engine.dispose()
-        await _admin(f'DROP DATABASE IF EXISTS "{later}" WITH (FORCE)')
+        await admin_sql(f'DROP DATABASE IF EXISTS "{later}" WITH (FORCE)')

@@ -208,19 +208,21 @@ class PostgresReader:
     async def _get_pool(self) -> asyncpg.Pool | None:
         loop = asyncio.get_running_loop()
         task = self._pool
-        if task is None or self._loop is not loop:
-            self.close()  # an earlier event loop's pool (tests run many loops)
+        if task is None or self._loop is not loop or self._retry_due(task):
+            self.close()  # an earlier event loop's pool (tests run many loops), if any
             self._loop = loop
-        elif not (
+            # A task of its own: a reader cancelled meanwhile leaves it to the next one.
+            self._pool = task = loop.create_task(self._create())
+        return await asyncio.shield(task)
+
+    def _retry_due(self, task: asyncio.Task[asyncpg.Pool | None]) -> bool:
+        """The pool could not be made, and long enough ago to try again."""
+        return (
             task.done()
             and not task.cancelled()
             and task.result() is None
             and time.monotonic() - self._failed_at >= self.retry_seconds
-        ):
-            return await asyncio.shield(task)
-        # A task of its own: a reader cancelled meanwhile leaves it to the next one.
-        self._pool = loop.create_task(self._create())
-        return await asyncio.shield(self._pool)
+        )
 
     async def _create(self) -> asyncpg.Pool | None:
         try:
